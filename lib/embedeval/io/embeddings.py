@@ -1,0 +1,194 @@
+"""The embeddings contract: Parquet partitions per model/modality, made visible by ``_COMMITTED.json``.
+
+Layout under a run: ``embeddings/model=<slug>/modality=<m>/part-*.parquet`` and ``_COMMITTED.json`` in the
+same folder, written last. Readers see only partitions with a marker and only the files the marker lists,
+so a killed writer's leftovers are never read. Vectors are a plain Arrow ``fixed_size_list<float32>[d]`` so
+polars, DuckDB and pyarrow read the files as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedeval.io.storage import Storage
+
+COMMIT_MARKER = "_COMMITTED.json"
+FORMAT_VERSION = 1
+
+
+class EmbeddingsError(ValueError):
+    """Embeddings are missing, uncommitted or inconsistent; the message names the partition."""
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("sub", pa.int16(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("norm", pa.float32(), nullable=False),
+        ]
+    )
+
+
+def embeddings_table(ids: list[str] | pa.Array, subs: list[int] | np.ndarray | pa.Array,
+                     vectors: np.ndarray) -> pa.Table:
+    """Build a table in the contract's schema from ids, subs and an (n, d) float32 matrix."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    vec = pa.FixedSizeListArray.from_arrays(flat, dim)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1).astype(np.float32) if n else np.zeros(0, np.float32)
+    return pa.Table.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(np.asarray(subs, dtype=np.int16), pa.int16()), vec, pa.array(norms)],
+        schema=embeddings_schema(dim),
+    )
+
+
+def partition_dir(run_id: str, model: str, modality: str) -> str:
+    return f"runs/{run_id}/embeddings/model={model}/modality={modality}"
+
+
+def table_checksum(table: pa.Table) -> str:
+    """A content checksum of id, sub and vector bytes (stable across Parquet encodings)."""
+    h = hashlib.sha256()
+    for col in ("id", "sub"):
+        for chunk in table.column(col).chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(buf)
+    vec = table.column("vector").combine_chunks()
+    values = vec.flatten() if len(vec) else pa.array([], pa.float32())
+    h.update(np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class PartFile:
+    """One written file of a partition, as listed in its commit marker."""
+
+    path: str            # relative to the storage root
+    rows: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "sha256": self.sha256}
+
+
+@dataclass
+class CommitRecord:
+    run_id: str
+    model: str
+    modality: str
+    dim: int
+    files: list[PartFile]
+    rows: int
+    quarantined: int
+    model_info: dict[str, str] = field(default_factory=dict)
+    committed_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "run_id": self.run_id,
+            "model": self.model,
+            "modality": self.modality,
+            "dim": self.dim,
+            "rows": self.rows,
+            "quarantined": self.quarantined,
+            "files": [f.as_dict() for f in self.files],
+            "model_info": self.model_info,
+            "committed_at": self.committed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CommitRecord":
+        return cls(
+            run_id=d["run_id"], model=d["model"], modality=d["modality"], dim=int(d["dim"]),
+            files=[PartFile(**f) for f in d["files"]], rows=int(d["rows"]), quarantined=int(d["quarantined"]),
+            model_info=dict(d.get("model_info", {})), committed_at=float(d.get("committed_at", 0.0)),
+        )
+
+
+def write_commit_marker(storage: Storage, record: CommitRecord) -> None:
+    """Make a partition visible. Call only after every listed file is durably written."""
+    storage.write_json(f"{partition_dir(record.run_id, record.model, record.modality)}/{COMMIT_MARKER}",
+                       record.as_dict())
+
+
+def read_commit_marker(storage: Storage, run_id: str, model: str, modality: str) -> CommitRecord | None:
+    rel = f"{partition_dir(run_id, model, modality)}/{COMMIT_MARKER}"
+    if not storage.exists(rel):
+        return None
+    try:
+        return CommitRecord.from_dict(storage.read_json(rel))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise EmbeddingsError(f"commit marker {storage.uri(rel)} is malformed ({exc}); delete it to re-embed") from exc
+
+
+def list_committed(storage: Storage, run_id: str) -> list[tuple[str, str]]:
+    """(model, modality) pairs with a commit marker in a run, sorted."""
+    out = []
+    for rel in storage.list_files(f"runs/{run_id}/embeddings", suffix=COMMIT_MARKER):
+        parts = rel.split("/")
+        model = next(p[len("model="):] for p in parts if p.startswith("model="))
+        modality = next(p[len("modality="):] for p in parts if p.startswith("modality="))
+        out.append((model, modality))
+    return sorted(out)
+
+
+@dataclass
+class EmbeddingSet:
+    """A committed partition in memory: rows sorted by (id, sub)."""
+
+    model: str
+    modality: str
+    ids: np.ndarray          # object array of str
+    subs: np.ndarray         # int16
+    vectors: np.ndarray      # (n, d) float32, as the model produced them
+    model_info: dict[str, str]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def vectors_from_table(table: pa.Table) -> np.ndarray:
+    """The (n, d) float32 matrix of a ``vector`` column (fixed_size_list), without a Python loop."""
+    col = table.column("vector").combine_chunks()
+    if len(col) == 0:
+        dim = col.type.list_size if hasattr(col.type, "list_size") else 0
+        return np.zeros((0, dim), np.float32)
+    dim = col.type.list_size
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+
+
+def read_committed(storage: Storage, run_id: str, model: str, modality: str) -> EmbeddingSet:
+    """Read one committed partition, checking it against its marker (row counts, dims, no duplicates)."""
+    record = read_commit_marker(storage, run_id, model, modality)
+    where = storage.uri(partition_dir(run_id, model, modality))
+    if record is None:
+        raise EmbeddingsError(f"no committed embeddings at {where}: run `embedeval embed` for run {run_id!r} first")
+    table = storage.read_parquet([f.path for f in record.files], columns=["id", "sub", "vector"])
+    if table.num_rows != record.rows:
+        raise EmbeddingsError(f"{where}: marker says {record.rows} rows, files hold {table.num_rows}")
+    if table.num_rows and table.column("vector").type.list_size != record.dim:
+        raise EmbeddingsError(f"{where}: vectors have dim {table.column('vector').type.list_size}, marker {record.dim}")
+    table = table.sort_by([("id", "ascending"), ("sub", "ascending")])
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    subs = table.column("sub").to_numpy().astype(np.int16)
+    if len(ids) > 1:
+        dup = (ids[1:] == ids[:-1]) & (subs[1:] == subs[:-1])
+        if dup.any():
+            raise EmbeddingsError(f"{where}: duplicate (id, sub) {ids[1:][dup][0]!r}; the partition is corrupt")
+    return EmbeddingSet(model, modality, ids, subs, vectors_from_table(table), record.model_info)

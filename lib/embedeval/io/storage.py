@@ -1,0 +1,287 @@
+"""One interface to a root that is either a local folder or ``s3://bucket/prefix``.
+
+Every stage reads and writes through :class:`Storage`, so the same code runs against a laptop folder,
+a MinIO/rclone test server and real S3. pyarrow's S3FileSystem does the work; it ignores
+``AWS_ENDPOINT_URL``, so the endpoint is always passed explicitly from :class:`S3Options`.
+
+Secrets: credentials come from :class:`S3Options` (config) or the standard AWS environment variables /
+instance role. They are held as ``SecretStr`` and never appear in ``repr``, logs or written configs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+# S3-compatible servers other than AWS (rclone's in particular) reject the newer default request
+# checksums of the AWS SDKs. "when_required" is the older behaviour and is harmless on real S3.
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+
+
+class StorageError(RuntimeError):
+    """A read or write against the root failed after retries; the message names the URI."""
+
+
+class S3Options(BaseModel):
+    """How to reach S3-compatible storage. Unset fields fall back to the AWS environment/instance role."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    max_attempts: int = 8
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 60.0
+
+    def resolved_endpoint(self) -> str | None:
+        return self.endpoint_url or os.environ.get("EMBEDEVAL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+    def resolved_region(self) -> str:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def boto3_client(self) -> Any:
+        """A boto3 S3 client with the same endpoint, region and credentials (for code outside pyarrow)."""
+        import boto3
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {
+            "region_name": self.resolved_region(),
+            "config": Config(
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                connect_timeout=self.connect_timeout_s,
+                read_timeout=self.request_timeout_s,
+                s3={"addressing_style": "path"},
+            ),
+        }
+        if self.resolved_endpoint():
+            kwargs["endpoint_url"] = self.resolved_endpoint()
+        if self.access_key_id and self.secret_access_key:
+            kwargs["aws_access_key_id"] = self.access_key_id.get_secret_value()
+            kwargs["aws_secret_access_key"] = self.secret_access_key.get_secret_value()
+            if self.session_token:
+                kwargs["aws_session_token"] = self.session_token.get_secret_value()
+        return boto3.client("s3", **kwargs)
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def make_filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path of ``uri`` inside it.
+
+    Local paths are made absolute; ``s3://bucket/key`` becomes ``bucket/key`` on an S3FileSystem.
+    """
+    if is_s3_uri(uri):
+        return _s3_filesystem(s3 or S3Options()), uri[len("s3://"):].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {
+        "region": s3.resolved_region(),
+        "connect_timeout": s3.connect_timeout_s,
+        "request_timeout": s3.request_timeout_s,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3.max_attempts),
+        # Directory-marker objects confuse some servers (rclone rejects them) and mean nothing on S3.
+        "background_writes": False,
+    }
+    endpoint = s3.resolved_endpoint()
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        if not host:
+            scheme, host = "https", endpoint
+        kwargs["endpoint_override"] = host
+        kwargs["scheme"] = scheme
+        kwargs["force_virtual_addressing"] = False
+    if s3.access_key_id and s3.secret_access_key:
+        kwargs["access_key"] = s3.access_key_id.get_secret_value()
+        kwargs["secret_key"] = s3.secret_access_key.get_secret_value()
+        if s3.session_token:
+            kwargs["session_token"] = s3.session_token.get_secret_value()
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass
+class Storage:
+    """A root folder (local or s3://) and the filesystem that reaches it.
+
+    Paths passed to methods are relative to the root and use ``/``. Writes of small files (JSON, single
+    Parquet files) are atomic on local disk (temp file + rename) and atomic by nature on S3 (one PUT).
+    """
+
+    root: str
+    s3: S3Options | None = None
+
+    def __post_init__(self) -> None:
+        self.fs, self._base = make_filesystem(self.root, self.s3)
+        self.is_s3 = is_s3_uri(self.root)
+        if self.is_s3:
+            self.root = "s3://" + self._base
+        else:
+            self.root = self._base
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pyarrow filesystems pickle, but rebuilding keeps workers independent of the driver's client.
+        return {"root": self.root, "s3": self.s3}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root = state["root"]
+        self.s3 = state["s3"]
+        self.__post_init__()
+
+    # --- paths -------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """The filesystem path of ``parts`` under the root (what pyarrow calls take)."""
+        return posixpath.join(self._base, *[p.strip("/") for p in parts if p])
+
+    def uri(self, *parts: str) -> str:
+        """The user-facing URI of ``parts`` under the root (s3://... or an absolute local path)."""
+        p = self.path(*parts)
+        return "s3://" + p if self.is_s3 else p
+
+    def child(self, *parts: str) -> "Storage":
+        return Storage(self.uri(*parts), self.s3)
+
+    # --- queries -----------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        info = self._call(self.fs.get_file_info, self.path(rel))
+        return info.type != pafs.FileType.NotFound
+
+    def list_files(self, rel: str = "", suffix: str = "") -> list[str]:
+        """Relative paths (to the root) of files under ``rel``, recursively, sorted; [] if it is absent."""
+        base = self.path(rel)
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        infos = self._call(self.fs.get_file_info, selector)
+        out = []
+        for info in infos:
+            if info.type == pafs.FileType.File and info.path.endswith(suffix):
+                out.append(posixpath.relpath(info.path, self._base))
+        return sorted(out)
+
+    def list_dirs(self, rel: str = "") -> list[str]:
+        """Names of the immediate sub-folders of ``rel``."""
+        selector = pafs.FileSelector(self.path(rel), recursive=False, allow_not_found=True)
+        infos = self._call(self.fs.get_file_info, selector)
+        return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+    # --- reads -------------------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        with self._call(self.fs.open_input_stream, self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel).decode("utf-8"))
+
+    def read_parquet(self, rels: list[str], columns: list[str] | None = None) -> pa.Table:
+        tables = [self._call(pq.read_table, self.path(r), columns=columns, filesystem=self.fs) for r in rels]
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+    # --- writes ------------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        if self.is_s3:
+            with self._call(self.fs.open_output_stream, target) as f:
+                f.write(data)
+            return
+        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+    def write_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+        """Write one Parquet file atomically (buffered in memory: callers keep files to a few hundred MB)."""
+        if metadata:
+            merged = dict(table.schema.metadata or {})
+            merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+            table = table.replace_schema_metadata(merged)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def delete_dir(self, rel: str) -> None:
+        """Remove everything under ``rel`` (no error if it is absent)."""
+        files = self.list_files(rel)
+        if self.is_s3:
+            self._delete_s3_keys([self.path(f) for f in files])
+            return
+        for f in files:
+            self._call(self.fs.delete_file, self.path(f))
+        if not self.is_s3 and os.path.isdir(self.path(rel)):
+            import shutil
+
+            shutil.rmtree(self.path(rel), ignore_errors=True)
+
+    def delete_file(self, rel: str) -> None:
+        if not self.exists(rel):
+            return
+        if self.is_s3:
+            self._delete_s3_keys([self.path(rel)])
+        else:
+            self._call(self.fs.delete_file, self.path(rel))
+
+    def _delete_s3_keys(self, paths: list[str]) -> None:
+        # pyarrow re-creates a "directory marker" object after deleting a key, which some S3-compatible
+        # servers reject; boto3's DeleteObjects removes exactly the keys asked for.
+        client = (self.s3 or S3Options()).boto3_client()
+        by_bucket: dict[str, list[str]] = {}
+        for p in paths:
+            bucket, _, key = p.partition("/")
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                chunk = [{"Key": k} for k in keys[start:start + 1000]]
+                try:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+                except Exception as exc:  # botocore errors do not derive from OSError
+                    raise StorageError(f"deleting {len(chunk)} objects under s3://{bucket} failed: {exc}") from exc
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket of an s3:// root if it does not exist (tests and first runs)."""
+        if not self.is_s3:
+            os.makedirs(self._base, exist_ok=True)
+            return
+        bucket = self._base.split("/", 1)[0]
+        info = self._call(self.fs.get_file_info, bucket)
+        if info.type == pafs.FileType.NotFound:
+            self._call(self.fs.create_dir, bucket)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            where = args[0] if args else "?"
+            if not isinstance(where, str):
+                where = getattr(where, "base_dir", str(where))
+            shown = ("s3://" + where) if self.is_s3 else where
+            raise StorageError(f"storage operation {getattr(fn, '__name__', fn)} failed on {shown}: {exc}") from exc
+
+
+def iter_batches(table: pa.Table, rows: int) -> Iterator[pa.Table]:
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real S3 server (rclone), a shared local Ray instance, the demo corpus."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from s3_server import S3Server, start_s3_server  # noqa: E402
+
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """rclone serve s3 on a free loopback port, with bucket ``test`` created; stopped after the session."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3data"))
+    server.make_bucket("test")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_options(s3_server: S3Server):  # noqa: ANN201
+    from embedeval.io.storage import S3Options
+
+    return S3Options(
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+        max_attempts=3,
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One in-process Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
