@@ -91,6 +91,8 @@ class CommitRecord:
     rows: int
     quarantined: int
     model_info: dict[str, str] = field(default_factory=dict)
+    inputs_sha256: str = ""          # fingerprint of the (id, sub, source) rows this partition was made from
+    errors_files: list[str] = field(default_factory=list)
     committed_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +106,8 @@ class CommitRecord:
             "quarantined": self.quarantined,
             "files": [f.as_dict() for f in self.files],
             "model_info": self.model_info,
+            "inputs_sha256": self.inputs_sha256,
+            "errors_files": self.errors_files,
             "committed_at": self.committed_at,
         }
 
@@ -112,7 +116,8 @@ class CommitRecord:
         return cls(
             run_id=d["run_id"], model=d["model"], modality=d["modality"], dim=int(d["dim"]),
             files=[PartFile(**f) for f in d["files"]], rows=int(d["rows"]), quarantined=int(d["quarantined"]),
-            model_info=dict(d.get("model_info", {})), committed_at=float(d.get("committed_at", 0.0)),
+            model_info=dict(d.get("model_info", {})), inputs_sha256=str(d.get("inputs_sha256", "")),
+            errors_files=list(d.get("errors_files", [])), committed_at=float(d.get("committed_at", 0.0)),
         )
 
 

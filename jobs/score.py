@@ -1,0 +1,13 @@
+"""Ray job entry point for `embedeval score`:
+
+    ray job submit --working-dir . -- python -m jobs.score --config configs/demo.yaml [--run-id ID]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs._entry import run_cli
+
+if __name__ == "__main__":
+    sys.exit(run_cli("score", sys.argv[1:]))

@@ -1,0 +1,181 @@
+"""The `embedeval` command: parse arguments, call the library, exit with a clear status.
+
+Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+EXAMPLES = {
+    "main": """\
+        examples:
+          embedeval demo --root ./demo-output          # corpus + embed + score + report, all local
+          embedeval run --config configs/demo.yaml     # the three jobs from one config
+          embedeval embed --config my.yaml --run-id nightly-2026-11-23
+          embedeval score --config my.yaml --run-id nightly-2026-11-23
+          embedeval report --config my.yaml --run-id nightly-2026-11-23 --previous nightly-2026-11-22
+          embedeval runs list --root s3://bucket/embedeval
+        """,
+    "demo": """\
+        examples:
+          embedeval demo --root ./demo-output
+          embedeval demo --root ./demo-output --items 2000 --models builtin:pixelstats torchvision:resnet50:random
+        """,
+    "embed": """\
+        examples:
+          embedeval embed --config my.yaml
+          embedeval embed --config my.yaml --run-id r1     # rerun with the same id resumes a killed run
+        """,
+    "score": """\
+        examples:
+          embedeval score --config my.yaml --run-id r1
+        """,
+    "report": """\
+        examples:
+          embedeval report --config my.yaml --run-id r2 --previous r1
+        """,
+    "run": """\
+        examples:
+          embedeval run --config my.yaml                   # embed, score, report; diff against the last run
+        """,
+    "runs": """\
+        examples:
+          embedeval runs list --root ./demo-output
+          embedeval runs show demo --root ./demo-output
+        """,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="embedeval", formatter_class=fmt,
+        description="Which embedding model's notion of 'similar' matches human judgement on your catalogue.",
+        epilog=textwrap.dedent(EXAMPLES["main"]))
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="write the demo corpus and run embed, score and report on it",
+                       formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES["demo"]))
+    d.add_argument("--root", default="./demo-output", help="folder for the corpus and all outputs")
+    d.add_argument("--items", type=int, default=320, help="catalogue items to generate (default 320)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--run-id", default="demo")
+    d.add_argument("--models", nargs="+", default=None, help="model specs (default: the demo's three)")
+    d.add_argument("--skip-report", action="store_true")
+
+    for name, helptext in (("embed", "embed a manifest's items with every configured model"),
+                           ("score", "score a run's committed embeddings"),
+                           ("report", "write leaderboard, report.html, plots and diff for a run"),
+                           ("run", "embed, score and report from one config")):
+        s = sub.add_parser(name, help=helptext, formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES[name]))
+        s.add_argument("--config", required=True, help="YAML run config (see README 'Configuration')")
+        s.add_argument("--run-id", default=None, help="overrides run_id in the config")
+        s.add_argument("--root", default=None, help="overrides root in the config")
+        if name in ("report", "run"):
+            s.add_argument("--previous", default=None, help="run id to diff against (default: the latest earlier run)")
+
+    r = sub.add_parser("runs", help="browse the runs under a root", formatter_class=fmt,
+                       epilog=textwrap.dedent(EXAMPLES["runs"]))
+    rsub = r.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    rl = rsub.add_parser("list", help="one line per run")
+    rl.add_argument("--root", required=True)
+    rs = rsub.add_parser("show", help="what a run holds")
+    rs.add_argument("run_id")
+    rs.add_argument("--root", required=True)
+    return p
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from embedeval.config import load_config
+
+    overrides: dict[str, Any] = {"run_id": args.run_id, "root": args.root}
+    if getattr(args, "previous", None):
+        overrides["previous_run_id"] = args.previous
+    return load_config(args.config, overrides)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from embedeval.pipeline.embed import embed_run
+
+    config = _load(args)
+    summary = embed_run(config)
+    print(f"embeddings: {summary.root}/runs/{summary.run_id}/embeddings")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from embedeval.workflow import score_from_config
+
+    score_from_config(_load(args))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from embedeval.workflow import report_from_config
+
+    report_from_config(_load(args))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedeval.workflow import run_all
+
+    run_all(_load(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embedeval.workflow import run_demo
+
+    run_demo(Path(args.root), items=args.items, seed=args.seed, run_id=args.run_id, models=args.models,
+             report=not args.skip_report)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from embedeval.io.storage import Storage
+    from embedeval.report.runs import list_runs, show_run
+
+    storage = Storage(args.root)
+    if args.runs_command == "list":
+        runs = list_runs(storage)
+        if not runs:
+            print(f"no runs under {storage.root}")
+        for run in runs:
+            print(run.line() if hasattr(run, "line") else run)
+    else:
+        print(show_run(storage, args.run_id))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo, "embed": cmd_embed, "score": cmd_score, "report": cmd_report, "run": cmd_run,
+    "runs": cmd_runs,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from embedeval.errors import USER_ERRORS
+
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"embedeval: error: {exc}", file=sys.stderr)
+        return 2 if type(exc).__name__ == "ConfigError" else 1
+    except KeyboardInterrupt:
+        print("embedeval: interrupted; rerun with the same --run-id to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The embed job: manifest -> committed embedding partitions, one per model and modality.
+
+For each partition: if its ``_COMMITTED.json`` exists (and was made from the same inputs) it is kept;
+otherwise whatever a killed run left there is deleted and the partition is rebuilt by a Ray Data
+pipeline (prepare -> embed in an actor pool -> write), then checked (rows + quarantined = inputs, no
+duplicate (id, sub)) and only then committed. So a rerun with the same run id resumes, and readers never
+see half a partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from embedeval.config import ModelEntry, RunConfig, redacted_yaml
+from embedeval.io.embeddings import (
+    CommitRecord,
+    PartFile,
+    partition_dir,
+    read_commit_marker,
+    write_commit_marker,
+)
+from embedeval.io.manifest import ManifestReadResult, load_manifest, load_tag_categories
+from embedeval.io.storage import Storage
+from embedeval.pipeline.media import MediaLimits
+from embedeval.pipeline.model_facts import describe_model, model_modalities
+from embedeval.pipeline.progress import Progress
+from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
+from embedeval.pipeline.stages import (
+    WRITTEN_SCHEMA,
+    Embedder,
+    ImagePreparer,
+    PartitionTarget,
+    default_torch_threads,
+    write_partition_files,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_ERRORS = "errors/stage=manifest/part-0.parquet"
+
+
+class EmbedError(RuntimeError):
+    """A partition could not be built or its counts do not add up; the message names it."""
+
+
+@dataclass
+class PartitionSummary:
+    model: str
+    modality: str
+    inputs: int          # rows offered to the pipeline (manifest rows with this modality, after manifest checks)
+    embedded: int
+    quarantined: int     # quarantined by the pipeline (read/decode/embed)
+    skipped: bool        # already committed by an earlier attempt of this run
+    seconds: float
+    weights_random: bool
+
+
+@dataclass
+class EmbedSummary:
+    run_id: str
+    root: str
+    manifest_rows: int
+    manifest_accepted: int
+    manifest_quarantined: int
+    partitions: list[PartitionSummary] = field(default_factory=list)
+    manifest_quarantined_by_modality: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"manifest: {self.manifest_rows} rows read = {self.manifest_accepted} accepted + "
+               f"{self.manifest_quarantined} quarantined"]
+        for p in self.partitions:
+            mq = self.manifest_quarantined_by_modality.get(p.modality, 0)
+            flag = "  [RANDOM WEIGHTS]" if p.weights_random else ""
+            state = " (already committed)" if p.skipped else f" in {p.seconds:.1f}s"
+            out.append(f"  {p.model} / {p.modality}: {p.inputs + mq} read = {p.embedded} embedded + "
+                       f"{p.quarantined + mq} quarantined{state}{flag}")
+        return out
+
+
+def partition_inputs(manifest: ManifestReadResult, modality: str) -> pa.Table:
+    """(id, sub, source) rows for one modality: a media URI, or one row per non-empty caption."""
+    table = manifest.table
+    if modality in ("image", "sketch"):
+        if modality not in table.column_names:
+            return pa.table({"id": pa.array([], pa.string()), "sub": pa.array([], pa.int16()),
+                             "source": pa.array([], pa.string())})
+        mask = table.column(modality).is_valid()
+        sub = table.filter(mask)
+        return pa.table({"id": sub.column("id"), "sub": pa.array([0] * sub.num_rows, pa.int16()),
+                         "source": sub.column(modality)})
+    ids: list[str] = []
+    subs: list[int] = []
+    texts: list[str] = []
+    if "captions" in table.column_names:
+        for rid, caps in zip(table.column("id").to_pylist(), table.column("captions").to_pylist()):
+            for k, cap in enumerate(caps or []):
+                if cap and cap.strip():
+                    ids.append(rid)
+                    subs.append(k)
+                    texts.append(cap)
+    return pa.table({"id": pa.array(ids, pa.string()), "sub": pa.array(subs, pa.int16()),
+                     "source": pa.array(texts, pa.string())})
+
+
+def inputs_fingerprint(inputs: pa.Table, spec: str) -> str:
+    h = hashlib.sha256(spec.encode())
+    for rid, sub, src in zip(inputs.column("id").to_pylist(), inputs.column("sub").to_pylist(),
+                             inputs.column("source").to_pylist()):
+        h.update(f"{rid}\x1f{sub}\x1f{src}\x1e".encode())
+    return h.hexdigest()
+
+
+def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEntry,
+                inputs_by_modality: dict[str, pa.Table], progress: Progress) -> list[PartitionSummary]:
+    """Build (or keep) a model's committed partitions, one Ray Data pipeline for all that need building.
+
+    See the module docstring for the resume rules.
+    """
+    model = entry.slug()
+    summaries: dict[str, PartitionSummary] = {}
+    todo: dict[str, pa.Table] = {}
+    fingerprints: dict[str, str] = {}
+    for modality, inputs in inputs_by_modality.items():
+        fingerprints[modality] = fingerprint = inputs_fingerprint(inputs, entry.spec)
+        existing = read_commit_marker(storage, run_id, model, modality)
+        if existing is None:
+            todo[modality] = inputs
+            continue
+        if existing.inputs_sha256 and existing.inputs_sha256 != fingerprint:
+            raise EmbedError(
+                f"run {run_id!r} already committed {model}/{modality} from different inputs (the manifest or the "
+                f"model spec changed). Use a new run_id, or delete {storage.uri(partition_dir(run_id, model, modality))}"
+                " to re-embed it.")
+        summaries[modality] = PartitionSummary(
+            model, modality, inputs.num_rows, existing.rows, existing.quarantined, True, 0.0,
+            existing.model_info.get("embedeval.model.weights_random") == "true")
+    if not todo:
+        return [summaries[m] for m in inputs_by_modality]
+
+    started = time.time()
+    info = describe_model(entry.spec, s3=config.s3)
+    metadata = {**info.as_metadata(), "embedeval.run_id": run_id, "embedeval.model": model}
+    target = PartitionTarget(storage, run_id, model, metadata)
+    for modality in todo:
+        # A partition without a marker does not exist for readers: clear whatever a killed attempt left.
+        storage.delete_dir(target.partition_dir(modality))
+        storage.delete_dir(target.errors_dir(modality))
+    inputs = pa.concat_tables([t.append_column("modality", pa.array([m] * t.num_rows, pa.string()))
+                               for m, t in todo.items()])
+    written: list[dict] = []
+    if inputs.num_rows:
+        ds = build_dataset(config, entry, inputs)
+        ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
+                            fn_kwargs={"target": target}, num_cpus=0.25)
+        task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
+                written.append(row)
+                task.advance(row["rows"] + row["errors"])
+        task.done()
+    seconds = time.time() - started
+    for modality, mod_inputs in todo.items():
+        mine = [r for r in written if r["modality"] == modality]
+        files = [PartFile(r["path"], r["rows"], r["sha256"]) for r in mine if r["path"]]
+        rows = sum(f.rows for f in files)
+        quarantined = sum(r["errors"] for r in mine)
+        if rows + quarantined != mod_inputs.num_rows:
+            raise EmbedError(f"{model}/{modality}: {mod_inputs.num_rows} inputs but {rows} embedded + {quarantined} "
+                             "quarantined; not committing (rerun with the same run_id to retry)")
+        _check_no_duplicates(storage, files, target.partition_dir(modality))
+        record = CommitRecord(run_id=run_id, model=model, modality=modality, dim=info.dim, files=files, rows=rows,
+                              quarantined=quarantined, model_info={**metadata, "embedeval.modality": modality},
+                              inputs_sha256=fingerprints[modality],
+                              errors_files=[r["errors_path"] for r in mine if r["errors_path"]])
+        write_commit_marker(storage, record)
+        summaries[modality] = PartitionSummary(model, modality, mod_inputs.num_rows, rows, quarantined, False,
+                                               seconds, info.weights_random)
+    return [summaries[m] for m in inputs_by_modality]
+
+
+def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) -> None:
+    if not files:
+        return
+    keys = storage.read_parquet([f.path for f in files], columns=["id", "sub"])
+    if keys.num_rows != len(set(zip(keys.column("id").to_pylist(), keys.column("sub").to_pylist()))):
+        raise EmbedError(f"{storage.uri(where)}: duplicate (id, sub) rows; not committing")
+
+
+def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # noqa: ANN201
+    """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    settings = config.embed
+    rows_per_block = max(settings.batch_size, min(settings.rows_per_file, 1024))
+    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
+    ds = ray.data.from_arrow(blocks)
+    gpus = cluster_gpus()
+    device = settings.device if settings.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    batch_size = entry.batch_size or settings.batch_size
+    limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
+    ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
+                        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "limits": limits},
+                        compute=ActorPoolStrategy(size=settings.decode_concurrency), num_cpus=1)
+    threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
+    ds = ds.map_batches(
+        Embedder, batch_size=batch_size, batch_format="pyarrow",
+        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads},
+        compute=ActorPoolStrategy(size=settings.concurrency),
+        num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
+        num_cpus=0.5 if device == "cpu" else 1,
+    )
+    return ds
+
+
+def embed_run(config: RunConfig, *, progress: Progress | None = None,
+              echo: Callable[[str], None] = print) -> EmbedSummary:
+    """Embed every model x modality of a config into ``<root>/runs/<run_id>/embeddings``. Resumable."""
+    progress = progress or Progress(echo)
+    run_id = config.resolved_run_id()
+    storage = Storage(config.root, config.s3)
+    storage.ensure_bucket()
+    storage.write_bytes(f"runs/{run_id}/config.yaml", redacted_yaml(config).encode())
+
+    manifest = load_manifest(config.manifest, config.s3, allowed_roots=config.allowed_roots)
+    storage.write_parquet(f"runs/{run_id}/{MANIFEST_ERRORS}", manifest.quarantine.to_table())
+    storage.write_parquet(f"runs/{run_id}/inputs/manifest.parquet", manifest.table)
+    if config.tag_categories:
+        storage.write_json(f"runs/{run_id}/inputs/tag_categories.json",
+                           load_tag_categories(config.tag_categories, config.s3))
+    summary = EmbedSummary(run_id, storage.root, manifest.rows_read, manifest.table.num_rows, len(manifest.quarantine))
+    for modality in ("image", "sketch", "text"):
+        # Whole-item problems count against every modality the manifest offers; empty captions only against text.
+        summary.manifest_quarantined_by_modality[modality] = len(manifest.quarantine.for_modality(modality))
+    echo(summary.lines()[0])
+
+    ensure_ray(config.ray)
+    available = manifest.modalities()
+    for entry in config.models:
+        supported = model_modalities(entry.spec)
+        wanted = [m for m in config.embed.modalities if m in supported and m in available]
+        inputs = {m: partition_inputs(manifest, m) for m in wanted}
+        summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
+    storage.write_json(f"runs/{run_id}/embed_summary.json", {
+        "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,
+        "manifest_quarantined": summary.manifest_quarantined,
+        "partitions": [p.__dict__ for p in summary.partitions],
+    })
+    for line in summary.lines()[1:]:
+        echo(line)
+    return summary

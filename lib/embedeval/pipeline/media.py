@@ -1,0 +1,116 @@
+"""Read one media file and decode it to an RGB image, or say precisely why not.
+
+Every failure becomes a :class:`BadItem` with a stage and a human reason, which the pipeline quarantines;
+nothing here may raise anything else for a bad file, because one exception inside a Ray Data UDF fails
+the whole job.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
+
+# We enforce our own pixel limit *before* decoding; PIL's global limit would raise a warning or error
+# that we cannot attribute to an item. Truncated files must fail, not be silently padded with grey.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class BadItem(Exception):
+    stage: str     # read | decode
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    max_pixels: int = 40_000_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+class MediaReader:
+    """Reads bytes from local paths or s3:// URIs, reusing one filesystem client per bucket."""
+
+    def __init__(self, s3: S3Options | None = None, limits: MediaLimits = MediaLimits()) -> None:
+        self.s3 = s3
+        self.limits = limits
+        self._fs_cache: dict[str, object] = {}
+
+    def _fs(self, uri: str):  # noqa: ANN202
+        key = uri.split("/", 3)[2] if is_s3_uri(uri) else "local"
+        if key not in self._fs_cache:
+            self._fs_cache[key] = make_filesystem(uri, self.s3)[0]
+        fs = self._fs_cache[key]
+        path = uri[len("s3://"):] if is_s3_uri(uri) else uri
+        return fs, path
+
+    def read_bytes(self, uri: str) -> bytes:
+        fs, path = self._fs(uri)
+        try:
+            info = fs.get_file_info(path)
+            if info.type.name == "NotFound":
+                raise BadItem("read", f"missing file {uri}")
+            if info.type.name == "Directory":
+                raise BadItem("read", f"{uri} is a folder, not a file")
+            if info.size is not None and info.size > self.limits.max_bytes:
+                raise BadItem("read", f"file is {info.size} bytes, over the limit of {self.limits.max_bytes}")
+            with fs.open_input_stream(path) as f:
+                data = f.read()
+        except BadItem:
+            raise
+        except FileNotFoundError:
+            raise BadItem("read", f"missing file {uri}") from None
+        except OSError as exc:
+            raise BadItem("read", f"cannot read {uri}: {str(exc)[:300]}") from None
+        if not data:
+            raise BadItem("read", "empty (zero-byte) file")
+        return data
+
+    def read_image(self, uri: str) -> Image.Image:
+        return decode_image(self.read_bytes(uri), self.limits.max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode to an RGB PIL image; raise BadItem for undecodable, truncated or oversized images."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadItem("decode", f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                                        f"{max_pixels} (embed.max_image_pixels)")
+            img.load()
+    except BadItem:
+        raise
+    except UnidentifiedImageError:
+        raise BadItem("decode", "not a decodable image (unknown format or wrong extension with bad content)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        msg = str(exc)
+        if "truncated" in msg.lower() or "image file is truncated" in msg:
+            raise BadItem("decode", f"truncated image: {msg[:200]}") from None
+        raise BadItem("decode", f"cannot decode image: {msg[:200]}") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB: CMYK, palette, alpha (composited on white), 16-bit and float greyscale."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")

@@ -1,0 +1,53 @@
+"""What the pipeline needs to know about a model before embedding, from the registry's public API.
+
+Kept apart from the registry so the pipeline depends only on ``load_model`` and ``describe_spec``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from embedeval.io.storage import S3Options
+from embedeval.models.base import ALL_MODALITIES, IMAGE_MODALITIES, EmbeddingModel, ModelInfo
+
+_lock = threading.Lock()
+_loaded: dict[str, EmbeddingModel] = {}
+
+
+def model_family(spec: str) -> str:
+    from embedeval.models.registry import describe_spec
+
+    return describe_spec(spec).family
+
+
+def model_modalities(spec: str) -> tuple[str, ...]:
+    """Modalities a model embeds: text towers (open_clip) and imported vectors do text too."""
+    return ALL_MODALITIES if model_family(spec) in ("open_clip", "precomputed") else IMAGE_MODALITIES
+
+
+def _cpu_model(spec: str, s3: S3Options | None, cache_dir: str | None) -> EmbeddingModel:
+    from embedeval.models.registry import load_model
+
+    with _lock:
+        if spec not in _loaded:
+            _loaded[spec] = load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir)
+        return _loaded[spec]
+
+
+def describe_model(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> ModelInfo:
+    """The ModelInfo of a spec (loads it once per process on CPU; weights checksums need the file)."""
+    return _cpu_model(spec, s3, cache_dir).info
+
+
+def load_preprocessor(spec: str, s3: S3Options | None = None,
+                      cache_dir: str | None = None) -> Callable[[Image.Image], np.ndarray]:
+    """The model's own image preprocessing, for the CPU prepare stage."""
+    try:
+        from embedeval.models.registry import load_preprocessor as registry_preprocessor
+    except ImportError:
+        return _cpu_model(spec, s3, cache_dir).preprocess_image
+    return registry_preprocessor(spec)

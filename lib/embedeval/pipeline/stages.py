@@ -1,0 +1,210 @@
+"""The three Ray Data stages of embedding: prepare (read, decode, preprocess), embed, write.
+
+Batches are Arrow tables. A row that fails carries ``error_stage``/``error_reason`` to the writer, which
+puts it in the partition's errors file instead of its embeddings file: Ray Data fails the whole job on
+one exception in a UDF, so no per-item problem may escape as an exception here.
+
+Row columns through the stages:
+  input    id, sub, modality, source (a media URI, or the caption text for modality text)
+  prepared input + pixels (float32 CHW bytes; null for text), shape (list<int32>), error_stage, error_reason
+  embedded id, sub, modality, vector (fixed_size_list<float32>[d], null on error), error_stage, error_reason
+  written  one row per (file, modality): modality, path, rows, sha256, errors_path, errors
+
+One pipeline serves all of a model's modalities, so its replicas load once per model, not per partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedeval.io.embeddings import embeddings_table, table_checksum
+from embedeval.io.quarantine import ERRORS_SCHEMA
+from embedeval.io.storage import S3Options, Storage
+from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader
+
+log = logging.getLogger(__name__)
+
+WRITTEN_SCHEMA = pa.schema([
+    ("modality", pa.string()), ("path", pa.string()), ("rows", pa.int64()), ("sha256", pa.string()),
+    ("errors_path", pa.string()), ("errors", pa.int64()),
+])
+
+
+def _error_columns(stages: list[str | None], reasons: list[str | None]) -> dict[str, pa.Array]:
+    return {"error_stage": pa.array(stages, pa.string()), "error_reason": pa.array(reasons, pa.string())}
+
+
+def _previous_errors(batch: pa.Table) -> tuple[list[str | None], list[str | None]]:
+    if "error_stage" in batch.column_names:
+        return batch.column("error_stage").to_pylist(), batch.column("error_reason").to_pylist()
+    return [None] * batch.num_rows, [None] * batch.num_rows
+
+
+class ImagePreparer:
+    """Read, decode and apply the model's own preprocessing. One instance per Ray actor."""
+
+    def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, cache_dir: str | None = None) -> None:
+        from embedeval.pipeline.model_facts import load_preprocessor
+
+        self.preprocess = load_preprocessor(spec, s3=s3, cache_dir=cache_dir)
+        self.reader = MediaReader(s3, limits)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        sources = batch.column("source").to_pylist()
+        modalities = batch.column("modality").to_pylist()
+        stages, reasons = _previous_errors(batch)
+        pixels: list[bytes | None] = []
+        shapes: list[list[int] | None] = []
+        for i, uri in enumerate(sources):
+            if stages[i] is not None or modalities[i] == "text":
+                pixels.append(None)
+                shapes.append(None)
+                continue
+            try:
+                image = self.reader.read_image(uri)
+                array = np.ascontiguousarray(self.preprocess(image), dtype=np.float32)
+                pixels.append(array.tobytes())
+                shapes.append(list(array.shape))
+            except BadItem as bad:
+                stages[i], reasons[i] = bad.stage, bad.reason
+                pixels.append(None)
+                shapes.append(None)
+            except Exception as exc:  # noqa: BLE001 - any other per-item failure is quarantined, never raised
+                stages[i], reasons[i] = "decode", f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+                pixels.append(None)
+                shapes.append(None)
+        return pa.table({
+            "id": batch.column("id"), "sub": batch.column("sub"), "modality": batch.column("modality"),
+            "source": batch.column("source"), "pixels": pa.array(pixels, pa.binary()), "shape": pa.array(shapes, pa.list_(pa.int32())),
+            **_error_columns(stages, reasons),
+        })
+
+
+class Embedder:
+    """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail."""
+
+    def __init__(self, spec: str, s3: S3Options | None, device: str,
+                 torch_threads: int | None, cache_dir: str | None = None) -> None:
+        import torch
+
+        from embedeval.models.registry import load_model
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model = load_model(spec, device=device, s3=s3, cache_dir=cache_dir)
+        self.dim = self.model.info.dim
+
+    def _embed(self, batch: pa.Table, rows: list[int], text: bool) -> np.ndarray:
+        if text:
+            texts = batch.column("source").take(pa.array(rows, pa.int64())).to_pylist()
+            return np.asarray(self.model.embed_texts(texts), dtype=np.float32)
+        pix = batch.column("pixels").take(pa.array(rows, pa.int64())).to_pylist()
+        shapes = batch.column("shape").take(pa.array(rows, pa.int64())).to_pylist()
+        stack = np.stack([np.frombuffer(p, dtype=np.float32).reshape(s) for p, s in zip(pix, shapes)])
+        return np.asarray(self.model.embed_images(stack), dtype=np.float32)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        stages, reasons = _previous_errors(batch)
+        is_text = [m == "text" for m in batch.column("modality").to_pylist()]
+        vectors = np.zeros((n, self.dim), np.float32)
+        for text in (False, True):
+            good = [i for i in range(n) if stages[i] is None and is_text[i] == text]
+            if not good:
+                continue
+            try:
+                vectors[good] = self._embed(batch, good, text)
+            except Exception as exc:  # noqa: BLE001 - find the row(s) at fault, keep the rest
+                log.warning("batch of %d failed (%s); embedding its rows one by one", len(good), exc)
+                for i in good:
+                    try:
+                        vectors[i] = self._embed(batch, [i], text)[0]
+                    except Exception as row_exc:  # noqa: BLE001
+                        stages[i] = "embed"
+                        reasons[i] = f"model failed on this item: {type(row_exc).__name__}: {str(row_exc)[:200]}"
+        finite = np.isfinite(vectors).all(axis=1)
+        nonzero = np.abs(vectors).sum(axis=1) > 0
+        for i in range(n):
+            if stages[i] is None and not finite[i]:
+                stages[i], reasons[i] = "embed", "model produced a NaN or Inf vector"
+            elif stages[i] is None and not nonzero[i]:
+                stages[i], reasons[i] = "embed", "model produced a zero vector (no direction for cosine similarity)"
+        valid = np.array([s is None for s in stages])
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        vec = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
+        return pa.table({"id": batch.column("id"), "sub": batch.column("sub"),
+                         "modality": batch.column("modality"), "vector": vec,
+                         **_error_columns(stages, reasons)})
+
+
+@dataclass(frozen=True)
+class PartitionTarget:
+    """Where one model's partitions go (one folder per modality), and what to stamp on the files."""
+
+    storage: Storage
+    run_id: str
+    model: str
+    metadata: dict[str, str]
+
+    def partition_dir(self, modality: str) -> str:
+        return f"runs/{self.run_id}/embeddings/model={self.model}/modality={modality}"
+
+    def errors_dir(self, modality: str) -> str:
+        return f"runs/{self.run_id}/errors/model={self.model}/modality={modality}"
+
+
+def part_name(ids: list[str], subs: list[int]) -> str:
+    """A file name that depends only on the rows, so a retried task overwrites instead of duplicating."""
+    h = hashlib.sha1()
+    for i, s in zip(ids, subs):
+        h.update(f"{i}\x1f{s}\x1e".encode())
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+def write_partition_files(batch: pa.Table, target: PartitionTarget) -> pa.Table:
+    """Per modality in the batch: good rows to an embeddings file, bad rows to an errors file."""
+    out = []
+    for modality in sorted(set(batch.column("modality").to_pylist())):
+        part = batch.filter(pc.equal(batch.column("modality"), modality))
+        out.append(_write_modality(part, modality, target))
+    return pa.Table.from_pylist(out, schema=WRITTEN_SCHEMA)
+
+
+def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> dict:
+    ok = pc.is_null(batch.column("error_stage"))
+    good = batch.filter(ok)
+    bad = batch.filter(pc.invert(ok))
+    name = part_name(batch.column("id").to_pylist(), batch.column("sub").to_pylist())
+    path = errors_path = sha = ""
+    if good.num_rows:
+        vectors = good.column("vector").combine_chunks()
+        dim = vectors.type.list_size
+        matrix = np.asarray(vectors.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, dim)
+        table = embeddings_table(good.column("id"), good.column("sub").to_numpy(), matrix)
+        path = f"{target.partition_dir(modality)}/{name}"
+        target.storage.write_parquet(path, table, metadata={**target.metadata, "embedeval.modality": modality})
+        sha = table_checksum(table)
+    if bad.num_rows:
+        errors = pa.table({
+            "id": bad.column("id"), "sub": bad.column("sub").cast(pa.int16()),
+            "modality": pa.array([modality] * bad.num_rows, pa.string()),
+            "model": pa.array([target.model] * bad.num_rows, pa.string()),
+            "stage": bad.column("error_stage"), "reason": bad.column("error_reason"),
+            "row": pa.nulls(bad.num_rows, pa.int64()),
+        }, schema=ERRORS_SCHEMA)
+        errors_path = f"{target.errors_dir(modality)}/{name}"
+        target.storage.write_parquet(errors_path, errors)
+    return {"modality": modality, "path": path, "rows": good.num_rows, "sha256": sha,
+            "errors_path": errors_path, "errors": bad.num_rows}
+
+
+def default_torch_threads(concurrency: int) -> int:
+    """Threads per CPU replica: share this node's cores between the replicas (Ray would give each one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))

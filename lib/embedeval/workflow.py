@@ -1,0 +1,144 @@
+"""Chaining the stages: score and report from a config, `run` (all three), and the bundled demo.
+
+Each stage reads the previous stage's files under ``<root>/runs/<run_id>/``, never its objects: the score
+stage reads the manifest snapshot the embed stage wrote to ``inputs/``, so a run is reproducible even if
+the original manifest changes later.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import yaml
+
+from embedeval.config import RunConfig, load_config
+from embedeval.io.storage import Storage
+
+INPUT_MANIFEST = "inputs/manifest.parquet"
+INPUT_TAG_CATEGORIES = "inputs/tag_categories.json"
+
+DEMO_MODELS = [
+    # Sees colour and shape with no learned weights: the baseline that must beat random weights.
+    {"spec": "builtin:pixelstats", "name": "pixelstats"},
+    # Real architectures, random weights (nothing can be downloaded here): flagged in every output.
+    {"spec": "torchvision:resnet18:random", "name": "resnet18-random", "columns": {"imagenet_top1": 0.1}},
+    {"spec": "open_clip:ViT-B-32:random", "name": "clip-vit-b-32-random", "batch_size": 64},
+]
+
+
+def _storage(config: RunConfig) -> Storage:
+    return Storage(config.root, config.s3)
+
+
+def read_run_inputs(storage: Storage, run_id: str) -> tuple[pa.Table, dict[str, str] | None]:
+    """The manifest snapshot and tag categories that the embed stage recorded for a run."""
+    from embedeval.io.embeddings import EmbeddingsError
+
+    if not storage.exists(f"runs/{run_id}/{INPUT_MANIFEST}"):
+        raise EmbeddingsError(f"run {run_id!r} under {storage.root} has no {INPUT_MANIFEST}: run `embedeval embed` first")
+    manifest = storage.read_parquet([f"runs/{run_id}/{INPUT_MANIFEST}"])
+    categories = None
+    if storage.exists(f"runs/{run_id}/{INPUT_TAG_CATEGORIES}"):
+        categories = storage.read_json(f"runs/{run_id}/{INPUT_TAG_CATEGORIES}")
+    return manifest, categories
+
+
+def score_from_config(config: RunConfig, echo: Callable[[str], None] = print) -> pa.Table:
+    from embedeval.pipeline.ray_runtime import ensure_ray
+    from embedeval.scoring.job import score_run
+
+    run_id = config.resolved_run_id()
+    storage = _storage(config)
+    manifest, categories = read_run_inputs(storage, run_id)
+    ensure_ray(config.ray)
+    started = time.time()
+    table = score_run(storage, run_id, manifest, categories, config.score,
+                      category_weights=config.category_weights, progress=echo)
+    echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s -> "
+         f"{storage.uri(f'runs/{run_id}/scores/scores.parquet')}")
+    return table
+
+
+def image_loader_for(storage: Storage, run_id: str, config: RunConfig) -> Callable[[str], bytes | None]:
+    """id -> image bytes (for report thumbnails), from the run's manifest snapshot."""
+    from embedeval.pipeline.media import BadItem, MediaReader
+
+    manifest, _ = read_run_inputs(storage, run_id)
+    paths = {}
+    if "image" in manifest.column_names:
+        paths = dict(zip(manifest.column("id").to_pylist(), manifest.column("image").to_pylist()))
+    reader = MediaReader(config.s3)
+
+    def load(item_id: str) -> bytes | None:
+        uri = paths.get(item_id)
+        if not uri:
+            return None
+        try:
+            return reader.read_bytes(uri)
+        except BadItem:
+            return None
+
+    return load
+
+
+def report_from_config(config: RunConfig, echo: Callable[[str], None] = print):  # noqa: ANN201
+    from embedeval.report.build import build_report
+
+    run_id = config.resolved_run_id()
+    storage = _storage(config)
+    settings = config.report
+    columns: dict[str, dict[str, float]] = {}
+    for m in config.models:
+        for column, value in m.columns.items():
+            columns.setdefault(column, {})[m.slug()] = value
+    if columns and not settings.model_columns:
+        settings = settings.model_copy(update={"model_columns": columns})
+    paths = build_report(storage, run_id, previous_run_id=config.previous_run_id, settings=settings,
+                         image_loader=image_loader_for(storage, run_id, config))
+    echo(f"report: {paths.html}")
+    echo(f"leaderboard: {paths.leaderboard}")
+    return paths
+
+
+def run_all(config: RunConfig, echo: Callable[[str], None] = print) -> None:
+    from embedeval.pipeline.embed import embed_run
+
+    embed_run(config, echo=echo)
+    score_from_config(config, echo)
+    report_from_config(config, echo)
+
+
+def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,
+                models: list[str] | None) -> dict:
+    return {
+        "root": str(root),
+        "run_id": run_id,
+        "manifest": str(corpus_manifest),
+        "tag_categories": str(tag_categories),
+        "models": [{"spec": m} for m in models] if models else DEMO_MODELS,
+        "embed": {"batch_size": 32},
+    }
+
+
+def run_demo(root: Path, *, items: int = 320, seed: int = 0, run_id: str = "demo", models: list[str] | None = None,
+             report: bool = True, echo: Callable[[str], None] = print) -> RunConfig:
+    """Write the demo corpus and a config under ``root`` and run embed, score and (optionally) report."""
+    from embedeval.demo.corpus import write_demo_corpus
+    from embedeval.pipeline.embed import embed_run
+
+    root = root.expanduser().resolve()
+    echo(f"demo corpus: {items} items under {root / 'corpus'}")
+    corpus = write_demo_corpus(root, items, seed)
+    config_path = root / "demo-config.yaml"
+    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models),
+                                          sort_keys=False))
+    config = load_config(config_path)
+    embed_run(config, echo=echo)
+    score_from_config(config, echo)
+    if report:
+        report_from_config(config, echo)
+    echo(f"results: {root / 'runs' / run_id}  (config: {config_path})")
+    return config
