@@ -196,3 +196,26 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
                       embed={"batch_size": 2, "rows_per_file": 4, "modalities": ["image"]}), echo=lambda _: None)
     clean = read_committed(Storage(str(clean_root)), "r1", "torchvision-resnet18-random", "image")
     np.testing.assert_allclose(got.vectors, clean.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_precomputed_vectors_are_imported_with_quarantine(corpus, tmp_path: Path) -> None:  # noqa: ANN001
+    from embedeval.io.embeddings import embeddings_table
+
+    ids = [f"item-{i:06d}" for i in range(24)]
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(24, 16)).astype(np.float32)
+    vectors[3] = np.nan
+    vectors[5] = 0.0
+    table = embeddings_table(ids[:-2] + ["not-in-manifest", "item-000000"], [0] * 24, vectors)
+    pq.write_table(table.drop_columns(["norm"]), tmp_path / "vectors.parquet")
+    config = _config(str(tmp_path / "out"), str(corpus.manifest),
+                     [{"spec": f"precomputed:{tmp_path / 'vectors.parquet'}", "name": "mine"}],
+                     embed={"modalities": ["image"], "rows_per_file": 16})
+    summary = embed_run(config, echo=lambda _: None)
+    (part,) = summary.partitions
+    got = read_committed(Storage(config.root), "r1", "mine", "image")
+    # item-000000 is duplicated (refused, both copies), 3 is NaN, 5 is zero, 22 and 23 have no vector
+    refused = {"item-000000", "item-000003", "item-000005", "item-000022", "item-000023"}
+    assert set(got.ids.tolist()) == set(ids) - refused
+    assert part.inputs == 24 and part.embedded == 19 and part.quarantined == 5
+    np.testing.assert_array_equal(got.vectors[got.ids.tolist().index("item-000001")], vectors[1])

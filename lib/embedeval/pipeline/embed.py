@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedeval.config import ModelEntry, RunConfig, redacted_yaml
 from embedeval.io.embeddings import (
@@ -28,7 +29,7 @@ from embedeval.io.embeddings import (
 from embedeval.io.manifest import ManifestReadResult, load_manifest, load_tag_categories
 from embedeval.io.storage import Storage
 from embedeval.pipeline.media import MediaLimits
-from embedeval.pipeline.model_facts import describe_model, model_modalities
+from embedeval.pipeline.model_facts import describe_model, loaded_model, model_family, model_modalities
 from embedeval.pipeline.progress import Progress
 from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
 from embedeval.pipeline.stages import (
@@ -154,7 +155,9 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     inputs = pa.concat_tables([t.append_column("modality", pa.array([m] * t.num_rows, pa.string()))
                                for m, t in todo.items()])
     written: list[dict] = []
-    if inputs.num_rows:
+    if model_family(entry.spec) == "precomputed":
+        written = import_precomputed(config, entry, inputs, target)
+    elif inputs.num_rows:
         ds = build_dataset(config, entry, inputs)
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
@@ -182,6 +185,51 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         summaries[modality] = PartitionSummary(model, modality, mod_inputs.num_rows, rows, quarantined, False,
                                                seconds, info.weights_random)
     return [summaries[m] for m in inputs_by_modality]
+
+
+def import_precomputed(config: RunConfig, entry: ModelEntry, inputs: pa.Table,
+                       target: PartitionTarget) -> list[dict]:
+    """Vectors computed elsewhere: validated and written like embedded ones (same files, same quarantine).
+
+    Manifest rows without a usable vector are quarantined (stage ``import``) with the reason; vectors for
+    ids that are not in the manifest are ignored and counted in the log.
+    """
+    model = loaded_model(entry.spec, config.s3)
+    results: list[dict] = []
+    for modality in sorted(set(inputs.column("modality").to_pylist())):
+        wanted = inputs.filter(pc.equal(inputs.column("modality"), modality))
+        rows = model.load_vectors(modality)
+        vectors = {(i, int(s)): k for k, (i, s) in enumerate(zip(rows.good.column("id").to_pylist(),
+                                                                   rows.good.column("sub").to_pylist()))}
+        refused = {(i, int(s)): r for i, s, r in zip(rows.bad.column("id").to_pylist(),
+                                                     rows.bad.column("sub").to_pylist(),
+                                                     rows.bad.column("reason").to_pylist())}
+        take: list[int] = []
+        stages: list[str | None] = []
+        reasons: list[str | None] = []
+        for rid, sub in zip(wanted.column("id").to_pylist(), wanted.column("sub").to_pylist()):
+            key = (rid, int(sub))
+            if key in vectors:
+                take.append(vectors[key])
+                stages.append(None)
+                reasons.append(None)
+            else:
+                take.append(-1)
+                stages.append("import")
+                reasons.append(refused.get(key, "no vector for this item in the precomputed file"))
+        known = {(i, int(s)) for i, s in zip(wanted.column("id").to_pylist(), wanted.column("sub").to_pylist())}
+        ignored = sum(1 for key in vectors if key not in known)
+        if ignored:
+            log.warning("%s/%s: ignored %d precomputed vectors whose ids are not in the manifest",
+                        target.model, modality, ignored)
+        vec_col = rows.good.column("vector").combine_chunks()
+        picked = vec_col.take(pa.array([t if t >= 0 else None for t in take], pa.int64()))
+        batch = pa.table({"id": wanted.column("id"), "sub": wanted.column("sub"), "modality": wanted.column("modality"),
+                          "vector": picked, "error_stage": pa.array(stages, pa.string()),
+                          "error_reason": pa.array(reasons, pa.string())})
+        for start in range(0, batch.num_rows, config.embed.rows_per_file):
+            results.extend(write_partition_files(batch.slice(start, config.embed.rows_per_file), target).to_pylist())
+    return results
 
 
 def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) -> None:

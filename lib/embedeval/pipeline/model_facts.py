@@ -29,7 +29,8 @@ def model_modalities(spec: str) -> tuple[str, ...]:
     return ALL_MODALITIES if model_family(spec) in ("open_clip", "precomputed") else IMAGE_MODALITIES
 
 
-def _cpu_model(spec: str, s3: S3Options | None, cache_dir: str | None) -> EmbeddingModel:
+def loaded_model(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> EmbeddingModel:
+    """A CPU replica of a model, loaded once per process (for facts, preprocessing and imports)."""
     from embedeval.models.registry import load_model
 
     with _lock:
@@ -40,7 +41,7 @@ def _cpu_model(spec: str, s3: S3Options | None, cache_dir: str | None) -> Embedd
 
 def describe_model(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> ModelInfo:
     """The ModelInfo of a spec (loads it once per process on CPU; weights checksums need the file)."""
-    return _cpu_model(spec, s3, cache_dir).info
+    return loaded_model(spec, s3, cache_dir).info
 
 
 def load_preprocessor(spec: str, s3: S3Options | None = None,
@@ -49,5 +50,5 @@ def load_preprocessor(spec: str, s3: S3Options | None = None,
     try:
         from embedeval.models.registry import load_preprocessor as registry_preprocessor
     except ImportError:
-        return _cpu_model(spec, s3, cache_dir).preprocess_image
+        return loaded_model(spec, s3, cache_dir).preprocess_image
     return registry_preprocessor(spec)
