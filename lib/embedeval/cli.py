@@ -141,15 +141,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from embedeval.io.storage import Storage
-    from embedeval.report.runs import list_runs, show_run
+    from embedeval.report.runs import format_run_list, list_runs, show_run
 
     storage = Storage(args.root)
     if args.runs_command == "list":
         runs = list_runs(storage)
-        if not runs:
-            print(f"no runs under {storage.root}")
-        for run in runs:
-            print(run.line() if hasattr(run, "line") else run)
+        print(format_run_list(runs) if runs else f"no runs under {storage.root}")
     else:
         print(show_run(storage, args.run_id))
     return 0

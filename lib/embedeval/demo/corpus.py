@@ -62,29 +62,23 @@ def size_word(size: float) -> str:
     return "small" if size < 0.5 else ("medium" if size < 0.7 else "large")
 
 
+def sample_item(index: int, seed: int = 0, width: int = 6) -> DemoItem:
+    """Item ``index`` of the catalogue; seeded per item so a grown catalogue keeps its first items unchanged."""
+    rng = np.random.default_rng([seed, index])
+    shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+    colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
+    pattern = PATTERNS[int(rng.integers(0, len(PATTERNS)))]
+    size, rotation, brightness = float(rng.uniform(0.3, 0.9)), float(rng.uniform(0.0, 360.0)), float(rng.uniform(0.6, 1.0))
+    return DemoItem(
+        id=f"item-{index:0{width}d}", shape=shape, colour=colour, pattern=pattern, size=size, rotation=rotation,
+        brightness=brightness, split="test" if rng.random() < 0.25 else "train",
+        class_split="unseen" if shape in UNSEEN_SHAPES else "seen",
+    )
+
+
 def sample_items(n_items: int, seed: int = 0) -> list[DemoItem]:
-    rng = np.random.default_rng(seed)
-    shapes = rng.integers(0, len(SHAPES), n_items)
-    colours = rng.integers(0, len(COLOURS), n_items)
-    patterns = rng.integers(0, len(PATTERNS), n_items)
-    sizes = rng.uniform(0.3, 0.9, n_items)
-    rotations = rng.uniform(0.0, 360.0, n_items)
-    brightness = rng.uniform(0.6, 1.0, n_items)
-    test = rng.random(n_items) < 0.25
-    colour_names = list(COLOURS)
     width = max(6, len(str(n_items)))
-    items = []
-    for i in range(n_items):
-        shape = SHAPES[shapes[i]]
-        items.append(
-            DemoItem(
-                id=f"item-{i:0{width}d}", shape=shape, colour=colour_names[colours[i]],
-                pattern=PATTERNS[patterns[i]], size=float(sizes[i]), rotation=float(rotations[i]),
-                brightness=float(brightness[i]), split="test" if test[i] else "train",
-                class_split="unseen" if shape in UNSEEN_SHAPES else "seen",
-            )
-        )
-    return items
+    return [sample_item(i, seed, width) for i in range(n_items)]
 
 
 def shape_outline(shape: str, cx: float, cy: float, radius: float, rotation: float,
@@ -182,8 +176,9 @@ def captions_for(item: DemoItem) -> list[str]:
     ]
 
 
-def tags_for(item: DemoItem, rng: np.random.Generator) -> list[str]:
+def tags_for(item: DemoItem, seed: int = 0) -> list[str]:
     """Human tags: mostly complete, sometimes a tag is missing (humans forget), plus one universal tag."""
+    rng = np.random.default_rng([seed, 99, int(item.id.rsplit("-", 1)[1])])
     tags = [item.colour, item.pattern, item.shape, size_word(item.size)]
     kept = [t for t in tags if rng.random() > 0.05]
     return kept + [UNIVERSAL_TAG]
@@ -213,7 +208,6 @@ def write_demo_corpus(root: Path, n_items: int = 320, seed: int = 0, image_px: i
     corpus_dir = Path(root) / "corpus"
     corpus_dir.mkdir(parents=True, exist_ok=True)
     items = sample_items(n_items, seed)
-    tag_rng = np.random.default_rng([seed, 99])
     rows: dict[str, list] = {k: [] for k in ("id", "image", "sketch", "captions", "tags", "label",
                                              "attr_size", "attr_rotation", "attr_brightness", "split", "class_split")}
     for idx, item in enumerate(items):
@@ -228,7 +222,7 @@ def write_demo_corpus(root: Path, n_items: int = 320, seed: int = 0, image_px: i
         rows["image"].append(image_rel)
         rows["sketch"].append(sketch_rel)
         rows["captions"].append(captions_for(item))
-        rows["tags"].append(tags_for(item, tag_rng))
+        rows["tags"].append(tags_for(item, seed))
         rows["label"].append(item.shape)
         rows["attr_size"].append(item.size)
         rows["attr_rotation"].append(item.rotation)

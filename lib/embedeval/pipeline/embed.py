@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,6 +29,7 @@ from embedeval.io.embeddings import (
 )
 from embedeval.io.manifest import ManifestReadResult, load_manifest, load_tag_categories
 from embedeval.io.storage import Storage
+from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_family, model_modalities
 from embedeval.pipeline.progress import Progress
@@ -38,6 +40,7 @@ from embedeval.pipeline.stages import (
     ImagePreparer,
     PartitionTarget,
     default_torch_threads,
+    hash_media,
     write_partition_files,
 )
 
@@ -60,6 +63,7 @@ class PartitionSummary:
     skipped: bool        # already committed by an earlier attempt of this run
     seconds: float
     weights_random: bool
+    from_cache: int = 0  # of the embedded rows, how many came from the embedding cache
 
 
 @dataclass
@@ -79,6 +83,8 @@ class EmbedSummary:
             mq = self.manifest_quarantined_by_modality.get(p.modality, 0)
             flag = "  [RANDOM WEIGHTS]" if p.weights_random else ""
             state = " (already committed)" if p.skipped else f" in {p.seconds:.1f}s"
+            if p.from_cache:
+                state += f", {p.from_cache} from cache"
             out.append(f"  {p.model} / {p.modality}: {p.inputs + mq} read = {p.embedded} embedded + "
                        f"{p.quarantined + mq} quarantined{state}{flag}")
         return out
@@ -147,7 +153,11 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     started = time.time()
     info = describe_model(entry.spec, s3=config.s3)
     metadata = {**info.as_metadata(), "embedeval.run_id": run_id, "embedeval.model": model}
-    target = PartitionTarget(storage, run_id, model, metadata)
+    cache = None
+    if config.embed.use_cache and model_family(entry.spec) != "precomputed":
+        cache = EmbeddingCache(storage, info)
+        cache.describe()
+    target = PartitionTarget(storage, run_id, model, metadata, cache.base if cache else None)
     for modality in todo:
         # A partition without a marker does not exist for readers: clear whatever a killed attempt left.
         storage.delete_dir(target.partition_dir(modality))
@@ -155,6 +165,15 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     inputs = pa.concat_tables([t.append_column("modality", pa.array([m] * t.num_rows, pa.string()))
                                for m, t in todo.items()])
     written: list[dict] = []
+    from_cache: dict[str, int] = {}
+    if cache is not None and inputs.num_rows:
+        inputs, hits = split_cache_hits(config, cache, inputs)
+        for start in range(0, hits.num_rows, config.embed.rows_per_file):
+            written.extend(write_partition_files(hits.slice(start, config.embed.rows_per_file), target).to_pylist())
+        for modality in hits.column("modality").to_pylist():
+            from_cache[modality] = from_cache.get(modality, 0) + 1
+        if hits.num_rows:
+            progress.echo(f"  {model}: {hits.num_rows} vectors from the cache, {inputs.num_rows} to embed")
     if model_family(entry.spec) == "precomputed":
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
@@ -183,8 +202,60 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
                               errors_files=[r["errors_path"] for r in mine if r["errors_path"]])
         write_commit_marker(storage, record)
         summaries[modality] = PartitionSummary(model, modality, mod_inputs.num_rows, rows, quarantined, False,
-                                               seconds, info.weights_random)
+                                               seconds, info.weights_random, from_cache.get(modality, 0))
     return [summaries[m] for m in inputs_by_modality]
+
+
+def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rows still to embed, rows whose vector the cache holds, in the embedded-rows layout)."""
+    kinds = [cache_kind(m) for m in inputs.column("modality").to_pylist()]
+    if cache.has_entries("image") and any(k == "image" for k in kinds):
+        inputs = hash_inputs(config, inputs)
+    else:
+        hashes = [text_sha256(src) if m == "text" else None
+                  for src, m in zip(inputs.column("source").to_pylist(), inputs.column("modality").to_pylist())]
+        inputs = inputs.append_column("content_sha256", pa.array(hashes, pa.string()))
+    hashes = inputs.column("content_sha256").to_pylist()
+    hit_rows: list[int] = []
+    hit_vectors: list[pa.Array] = []
+    for kind in ("image", "text"):
+        rows = [i for i, k in enumerate(kinds) if k == kind and hashes[i] is not None]
+        if not rows or not cache.has_entries(kind):
+            continue
+        index, vectors = cache.lookup(kind, [hashes[i] for i in rows])
+        found = index >= 0
+        hit_rows.extend(np.asarray(rows)[found].tolist())
+        hit_vectors.append(vectors.take(pa.array(index[found])))
+    hit_mask = np.zeros(inputs.num_rows, bool)
+    hit_mask[hit_rows] = True
+    if not hit_rows:
+        return inputs.drop_columns(["content_sha256"]), inputs.slice(0, 0)
+    hits = inputs.take(pa.array(hit_rows, pa.int64()))
+    hits = pa.table({"id": hits.column("id"), "sub": hits.column("sub"), "modality": hits.column("modality"),
+                     "content_sha256": pa.nulls(hits.num_rows, pa.string()),  # already cached: not re-added
+                     "vector": pa.concat_arrays(hit_vectors),
+                     "error_stage": pa.nulls(hits.num_rows, pa.string()),
+                     "error_reason": pa.nulls(hits.num_rows, pa.string())})
+    misses = inputs.filter(pa.array(~hit_mask)).drop_columns(["content_sha256"])
+    return misses, hits
+
+
+def hash_inputs(config: RunConfig, inputs: pa.Table) -> pa.Table:
+    """content_sha256 for every row: media files are read and hashed by Ray tasks (no decoding)."""
+    import ray
+
+    limits = MediaLimits(config.embed.max_image_pixels, config.embed.max_image_bytes)
+    rows_per_block = max(config.embed.batch_size, 256)
+    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
+    ds = ray.data.from_arrow(blocks).map_batches(hash_media, batch_format="pyarrow", batch_size=rows_per_block,
+                                                 fn_kwargs={"s3": config.s3, "limits": limits})
+    hashed = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
+    # Ray Data may reorder blocks; restore the input order (id, sub, modality are unique together).
+    order = {key: i for i, key in enumerate(zip(inputs.column("id").to_pylist(), inputs.column("sub").to_pylist(),
+                                                inputs.column("modality").to_pylist()))}
+    positions = [order[key] for key in zip(hashed.column("id").to_pylist(), hashed.column("sub").to_pylist(),
+                                           hashed.column("modality").to_pylist())]
+    return hashed.take(pa.array(np.argsort(positions), pa.int64()))
 
 
 def import_precomputed(config: RunConfig, entry: ModelEntry, inputs: pa.Table,

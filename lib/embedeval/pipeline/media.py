@@ -8,13 +8,14 @@ the whole job.
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
+from embedeval.io.storage import S3Options, is_s3_uri, is_transient_error, make_filesystem
 
 # We enforce our own pixel limit *before* decoding; PIL's global limit would raise a warning or error
 # that we cannot attribute to an item. Truncated files must fail, not be silently padded with grey.
@@ -31,6 +32,10 @@ class BadItem(Exception):
         return f"{self.stage}: {self.reason}"
 
 
+class _TransientReadError(Exception):
+    """An s3:// read failed in a way a later attempt may not (see ``is_transient_error``)."""
+
+
 @dataclass(frozen=True)
 class MediaLimits:
     max_pixels: int = 40_000_000
@@ -38,11 +43,20 @@ class MediaLimits:
 
 
 class MediaReader:
-    """Reads bytes from local paths or s3:// URIs, reusing one filesystem client per bucket."""
+    """Reads bytes from local paths or s3:// URIs, reusing one filesystem client per bucket.
 
-    def __init__(self, s3: S3Options | None = None, limits: MediaLimits = MediaLimits()) -> None:
+    An s3:// read that fails with a transient error (throttling, 5xx, dropped connection) after the S3
+    client's own retries (``S3Options.max_attempts``) is tried again, ``read_attempts`` times in all with
+    a growing pause, before the item is given up as unreadable: one bad minute of the store must not
+    quarantine good images. Missing files and other lasting errors are not retried.
+    """
+
+    def __init__(self, s3: S3Options | None = None, limits: MediaLimits = MediaLimits(),
+                 read_attempts: int = 3, retry_pause_s: float = 0.5) -> None:
         self.s3 = s3
         self.limits = limits
+        self.read_attempts = max(1, read_attempts)
+        self.retry_pause_s = retry_pause_s
         self._fs_cache: dict[str, object] = {}
 
     def _fs(self, uri: str):  # noqa: ANN202
@@ -54,6 +68,17 @@ class MediaReader:
         return fs, path
 
     def read_bytes(self, uri: str) -> bytes:
+        attempt = 1
+        while True:
+            try:
+                return self._read_bytes_once(uri)
+            except _TransientReadError as exc:
+                if attempt >= self.read_attempts:
+                    raise BadItem("read", f"cannot read {uri} (after {attempt} attempts): {str(exc)[:300]}") from None
+                time.sleep(self.retry_pause_s * 2 ** (attempt - 1))
+                attempt += 1
+
+    def _read_bytes_once(self, uri: str) -> bytes:
         fs, path = self._fs(uri)
         try:
             info = fs.get_file_info(path)
@@ -70,6 +95,8 @@ class MediaReader:
         except FileNotFoundError:
             raise BadItem("read", f"missing file {uri}") from None
         except OSError as exc:
+            if is_s3_uri(uri) and is_transient_error(exc):
+                raise _TransientReadError(str(exc)) from None
             raise BadItem("read", f"cannot read {uri}: {str(exc)[:300]}") from None
         if not data:
             raise BadItem("read", "empty (zero-byte) file")

@@ -1,17 +1,74 @@
 """Connecting to Ray: the cluster a job was submitted to, a given address, or an in-process instance.
 
-Credentials are never put in a runtime_env (the dashboard shows it): workers get S3 settings through
-task arguments and their own environment / instance role.
+Getting the library to the workers: under ``ray job submit --working-dir .`` the driver imports
+``embedeval`` from ``lib/`` of the uploaded working dir (jobs/_entry.py puts it on sys.path), but the
+workers only get the working dir itself on their path, and the cluster may have no (or another version
+of) ``embedeval`` installed. So when joining an existing cluster, :func:`ensure_ray` ships the package
+source the driver runs as a ``py_modules`` runtime env: every worker then runs exactly the driver's code.
+If the job already ships ``py_modules`` (``--runtime-env configs/runtime_env.yaml``) that wins, and
+``EMBEDEVAL_SHIP_LIBRARY=0`` turns shipping off for clusters whose image has this exact version.
+
+Secrets are never put in a runtime_env: its env_vars are shown on the dashboard and by
+``ray job status``/``ray job list``. Workers get S3 settings through task arguments and their own
+environment / instance role / Kubernetes secret; :func:`ensure_ray` warns if a job's runtime_env
+carries something that looks like a credential.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+from pathlib import Path
+from typing import Any
 
 from embedeval.config import RayOptions
 
 log = logging.getLogger(__name__)
+
+SHIP_LIBRARY_ENV_VAR = "EMBEDEVAL_SHIP_LIBRARY"
+# Set by Ray in the environment of a job's driver: the job's config, runtime_env included.
+JOB_CONFIG_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
+
+
+def library_dir() -> Path:
+    """The folder of the ``embedeval`` package this process runs (what py_modules ships)."""
+    import embedeval
+
+    return Path(embedeval.__file__).resolve().parent
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver runs in ({} outside ``ray job submit``)."""
+    raw = os.environ.get(JOB_CONFIG_ENV_VAR)
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def secret_looking_env_vars(runtime_env: dict[str, Any]) -> list[str]:
+    """Names of runtime_env env_vars that look like credentials (they would be shown on the dashboard)."""
+    return sorted(name for name in (runtime_env.get("env_vars") or {}) if _SECRET_NAME.search(name))
+
+
+def library_runtime_env(joining_cluster: bool, job_env: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The runtime_env to pass to ``ray.init`` so the workers can import ``embedeval``; None if not needed.
+
+    Needed only when joining an existing cluster (an in-process Ray's workers inherit this interpreter and
+    its PYTHONPATH). Not added when the job already has ``py_modules``: Ray refuses to merge a job's
+    runtime_env with a driver's that sets the same field, and the job's choice is the deliberate one.
+    """
+    if not joining_cluster or os.environ.get(SHIP_LIBRARY_ENV_VAR, "1").strip().lower() in ("0", "false", "no"):
+        return None
+    job_env = job_runtime_env() if job_env is None else job_env
+    if job_env.get("py_modules"):
+        return None
+    return {"py_modules": [str(library_dir())]}
 
 
 def ensure_ray(options: RayOptions) -> None:
@@ -25,6 +82,16 @@ def ensure_ray(options: RayOptions) -> None:
     address = options.address or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs["address"] = address
+        job_env = job_runtime_env()
+        leaked = secret_looking_env_vars(job_env)
+        if leaked:
+            log.warning("the job's runtime_env sets %s: runtime_env values are shown on the Ray dashboard and by "
+                        "`ray job status`; give workers credentials through their own environment, the instance "
+                        "role or a Kubernetes secret instead (README 'Running on a cluster')", ", ".join(leaked))
+        runtime_env = library_runtime_env(True, job_env)
+        if runtime_env:
+            log.info("shipping %s to the workers as py_modules", runtime_env["py_modules"][0])
+            kwargs["runtime_env"] = runtime_env
     else:
         kwargs["include_dashboard"] = False
         if options.num_cpus:

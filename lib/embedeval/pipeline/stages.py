@@ -6,8 +6,10 @@ one exception in a UDF, so no per-item problem may escape as an exception here.
 
 Row columns through the stages:
   input    id, sub, modality, source (a media URI, or the caption text for modality text)
-  prepared input + pixels (float32 CHW bytes; null for text), shape (list<int32>), error_stage, error_reason
-  embedded id, sub, modality, vector (fixed_size_list<float32>[d], null on error), error_stage, error_reason
+  prepared input + content_sha256, pixels (float32 CHW bytes; null for text), shape (list<int32>),
+           error_stage, error_reason
+  embedded id, sub, modality, content_sha256, vector (fixed_size_list<float32>[d], null on error),
+           error_stage, error_reason
   written  one row per (file, modality): modality, path, rows, sha256, errors_path, errors
 
 One pipeline serves all of a model's modalities, so its replicas load once per model, not per partition.
@@ -27,7 +29,8 @@ import pyarrow.compute as pc
 from embedeval.io.embeddings import embeddings_table, table_checksum
 from embedeval.io.quarantine import ERRORS_SCHEMA
 from embedeval.io.storage import S3Options, Storage
-from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader
+from embedeval.pipeline.cache import bytes_sha256, cache_kind, text_sha256
+from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +60,32 @@ class ImagePreparer:
         self.reader = MediaReader(s3, limits)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        sources = batch.column("source").to_pylist()
-        modalities = batch.column("modality").to_pylist()
         stages, reasons = _previous_errors(batch)
         pixels: list[bytes | None] = []
         shapes: list[list[int] | None] = []
-        for i, uri in enumerate(sources):
-            if stages[i] is not None or modalities[i] == "text":
-                pixels.append(None)
-                shapes.append(None)
-                continue
-            try:
-                image = self.reader.read_image(uri)
-                array = np.ascontiguousarray(self.preprocess(image), dtype=np.float32)
-                pixels.append(array.tobytes())
-                shapes.append(list(array.shape))
-            except BadItem as bad:
-                stages[i], reasons[i] = bad.stage, bad.reason
-                pixels.append(None)
-                shapes.append(None)
-            except Exception as exc:  # noqa: BLE001 - any other per-item failure is quarantined, never raised
-                stages[i], reasons[i] = "decode", f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
-                pixels.append(None)
-                shapes.append(None)
+        hashes: list[str | None] = []
+        for i, (source, modality) in enumerate(zip(batch.column("source").to_pylist(),
+                                                   batch.column("modality").to_pylist())):
+            array, digest = None, None
+            if modality == "text":
+                digest = text_sha256(source)
+            elif stages[i] is None:
+                try:
+                    data = self.reader.read_bytes(source)
+                    digest = bytes_sha256(data)
+                    array = np.ascontiguousarray(self.preprocess(decode_image(data, self.reader.limits.max_pixels)),
+                                                 dtype=np.float32)
+                except BadItem as bad:
+                    stages[i], reasons[i] = bad.stage, bad.reason
+                except Exception as exc:  # noqa: BLE001 - any other per-item failure is quarantined, never raised
+                    stages[i], reasons[i] = "decode", f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+            hashes.append(digest)
+            pixels.append(None if array is None else array.tobytes())
+            shapes.append(None if array is None else list(array.shape))
         return pa.table({
             "id": batch.column("id"), "sub": batch.column("sub"), "modality": batch.column("modality"),
-            "source": batch.column("source"), "pixels": pa.array(pixels, pa.binary()), "shape": pa.array(shapes, pa.list_(pa.int32())),
+            "source": batch.column("source"), "content_sha256": pa.array(hashes, pa.string()),
+            "pixels": pa.array(pixels, pa.binary()), "shape": pa.array(shapes, pa.list_(pa.int32())),
             **_error_columns(stages, reasons),
         })
 
@@ -140,7 +143,8 @@ class Embedder:
         flat = pa.array(vectors.reshape(-1), pa.float32())
         vec = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
         return pa.table({"id": batch.column("id"), "sub": batch.column("sub"),
-                         "modality": batch.column("modality"), "vector": vec,
+                         "modality": batch.column("modality"), "content_sha256": batch.column("content_sha256"),
+                         "vector": vec,
                          **_error_columns(stages, reasons)})
 
 
@@ -152,6 +156,7 @@ class PartitionTarget:
     run_id: str
     model: str
     metadata: dict[str, str]
+    cache_dir: str | None = None     # cache/<key>: new vectors are added there too
 
     def partition_dir(self, modality: str) -> str:
         return f"runs/{self.run_id}/embeddings/model={self.model}/modality={modality}"
@@ -191,6 +196,12 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         path = f"{target.partition_dir(modality)}/{name}"
         target.storage.write_parquet(path, table, metadata={**target.metadata, "embedeval.modality": modality})
         sha = table_checksum(table)
+        if target.cache_dir and "content_sha256" in good.column_names:
+            fresh = good.filter(pc.is_valid(good.column("content_sha256")))
+            if fresh.num_rows:
+                entries = pa.table({"content_sha256": fresh.column("content_sha256"),
+                                    "vector": table.column("vector").filter(pc.is_valid(good.column("content_sha256")))})
+                target.storage.write_parquet(f"{target.cache_dir}/{cache_kind(modality)}/{name}", entries)
     if bad.num_rows:
         errors = pa.table({
             "id": bad.column("id"), "sub": bad.column("sub").cast(pa.int16()),
@@ -203,6 +214,21 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         target.storage.write_parquet(errors_path, errors)
     return {"modality": modality, "path": path, "rows": good.num_rows, "sha256": sha,
             "errors_path": errors_path, "errors": bad.num_rows}
+
+
+def hash_media(batch: pa.Table, s3: S3Options | None, limits: MediaLimits) -> pa.Table:
+    """Add content_sha256 (null when unreadable: the embed pass will quarantine it with its reason)."""
+    reader = MediaReader(s3, limits)
+    hashes: list[str | None] = []
+    for uri, modality in zip(batch.column("source").to_pylist(), batch.column("modality").to_pylist()):
+        if modality == "text":
+            hashes.append(text_sha256(uri))
+            continue
+        try:
+            hashes.append(bytes_sha256(reader.read_bytes(uri)))
+        except BadItem:
+            hashes.append(None)
+    return batch.append_column("content_sha256", pa.array(hashes, pa.string()))
 
 
 def default_torch_threads(concurrency: int) -> int:

@@ -1,0 +1,88 @@
+"""The embedding cache: re-scoring a grown catalogue embeds only new or changed items.
+
+An entry is (content hash -> vector) under a key that pins everything else that decides the vector:
+model family and architecture, the weights (file checksum, or the seed of random weights), the
+preprocessing and the dimension. Layout: ``<root>/cache/<key>/<kind>/part-*.parquet`` with columns
+``content_sha256`` (string) and ``vector`` (fixed_size_list<float32>[d]); ``kind`` is ``image`` (images and
+sketches share the image tower) or ``text``. Each file is written atomically and only ever added, so a
+killed run leaves valid entries behind; duplicates across files are harmless (the first wins).
+
+Memory: a lookup holds the cache's hashes (and the hits' vectors) in the driver: ~100 bytes + 4*d per
+entry, fine to a few million items; beyond that, shard catalogues by run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedeval.io.storage import Storage
+from embedeval.models.base import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+def cache_kind(modality: str) -> str:
+    return "text" if modality == "text" else "image"
+
+
+def cache_key(info: ModelInfo) -> str:
+    """What decides a vector besides the content. Changing any of it means a different cache."""
+    weights = info.weights_sha256 or f"{info.weights_source}#seed={info.extra.get('random_seed', '')}"
+    parts = {"family": info.family, "architecture": info.architecture, "weights": weights,
+             "preprocessing": info.preprocessing, "dim": info.dim}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class EmbeddingCache:
+    """Cache entries of one model (one key). Cheap to construct; reads happen in :meth:`lookup`."""
+
+    def __init__(self, storage: Storage, info: ModelInfo) -> None:
+        self.storage = storage
+        self.info = info
+        self.key = cache_key(info)
+        self.base = f"cache/{self.key}"
+
+    def describe(self) -> None:
+        """Write key.json once, so a person can tell what a cache folder holds."""
+        if not self.storage.exists(f"{self.base}/key.json"):
+            self.storage.write_json(f"{self.base}/key.json", {
+                "spec": self.info.spec, "family": self.info.family, "architecture": self.info.architecture,
+                "weights_source": self.info.weights_source, "weights_sha256": self.info.weights_sha256,
+                "preprocessing": self.info.preprocessing, "dim": self.info.dim})
+
+    def part_dir(self, kind: str) -> str:
+        return f"{self.base}/{kind}"
+
+    def has_entries(self, kind: str) -> bool:
+        return bool(self.storage.list_files(self.part_dir(kind), ".parquet"))
+
+    def lookup(self, kind: str, hashes: list[str | None]) -> tuple[np.ndarray, pa.Array]:
+        """For each hash: its index into the returned vectors, or -1 when missing. Returns (index, vectors)."""
+        files = self.storage.list_files(self.part_dir(kind), ".parquet")
+        if not files:
+            return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
+        table = self.storage.read_parquet(files, columns=["content_sha256", "vector"])
+        if table.column("vector").type.list_size != self.info.dim:
+            log.warning("cache %s has vectors of the wrong dimension; ignoring it", self.storage.uri(self.base))
+            return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
+        keys = table.column("content_sha256")
+        positions = pc.index_in(pa.array(hashes, pa.string()), value_set=keys).to_numpy(zero_copy_only=False)
+        index = np.where(np.isnan(positions.astype(np.float64)), -1, positions).astype(np.int64)
+        return index, table.column("vector").combine_chunks()
+
+    def entries_table(self, hashes: pa.Array, vectors: pa.Array) -> pa.Table:
+        return pa.table({"content_sha256": hashes.cast(pa.string()), "vector": vectors})

@@ -1,0 +1,133 @@
+"""Reading a run's scores table into rows the report can group, and the few helpers every view shares.
+
+The report consumes only ``runs/<run_id>/scores/scores.parquet`` (the contract in
+:mod:`embedeval.scoring.schema`); it never imports the scoring code, so a report can be rebuilt from the
+files alone, on any machine, long after the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import pyarrow as pa
+
+from embedeval.io.storage import Storage
+from embedeval.scoring.schema import SCORES_PATH, ScoreRow
+
+#: The identity of one score: the scores table holds at most one row per key.
+ScoreKey = tuple[str, str, str, str, int | None, str, str | None]
+
+
+
+class ReportError(ValueError):
+    """The report cannot be built from what is in storage; the message names the file and the remedy."""
+
+
+def scores_rel(run_id: str) -> str:
+    """Path of a run's scores table relative to the storage root."""
+    return f"runs/{run_id}/{SCORES_PATH}"
+
+
+def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
+    """All rows of a run's scores table, as the contract's :class:`ScoreRow`.
+
+    Columns the file lacks (an older writer) take the dataclass defaults and unknown columns are ignored,
+    so an old run still diffs against a new one. Raises :class:`ReportError` when the file is absent.
+    """
+    rel = scores_rel(run_id)
+    if not storage.exists(rel):
+        raise ReportError(
+            f"no scores for run {run_id!r}: {storage.uri(rel)} does not exist; run `embedeval score` for this run first"
+        )
+    return rows_from_table(storage.read_parquet([rel]))
+
+
+def rows_from_table(table: pa.Table) -> list[ScoreRow]:
+    """Scores-table rows -> :class:`ScoreRow` (tolerant of missing optional columns)."""
+    known = {f.name for f in fields(ScoreRow)}
+    keep = [c for c in table.column_names if c in known]
+    return [ScoreRow(**rec) for rec in table.select(keep).to_pylist()]
+
+
+def score_key(row: ScoreRow) -> ScoreKey:
+    return (row.model, row.task, row.target, row.metric, row.k, row.split, row.variant)
+
+
+def is_missing(value: float | None) -> bool:
+    """True for an undefined score (null or NaN): shown as a dash, never ranked."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def metric_label(metric: str, k: int | None) -> str:
+    """``corr_knn`` with k=10 -> ``corr_knn@10``; names that already carry their K (``R@1``) stay as they are."""
+    if k is None or "@" in metric:
+        return metric
+    return f"{metric}@{k}"
+
+
+def variant_tokens(variant: str | None) -> set[str]:
+    """``"fit=regression;ap=interp"`` -> {"fit=regression", "regression", "ap=interp", "interp"}.
+
+    Variants are free text in the contract; matching on tokens lets a setting say ``regression`` whether the
+    scorer wrote ``regression`` or ``fit=regression``.
+    """
+    if not variant:
+        return set()
+    out: set[str] = set()
+    for part in variant.replace(",", ";").split(";"):
+        part = part.strip()
+        if part:
+            out.add(part)
+            out.add(part.split("=", 1)[-1])
+    return out
+
+
+def fit_method(variant: str | None) -> str:
+    """The rankability fitting method named in a variant (``regression``, ``fewshot``, ``extremes``...)."""
+    if not variant:
+        return "unspecified"
+    for part in variant.replace(",", ";").split(";"):
+        name, eq, value = part.strip().partition("=")
+        if eq and name == "fit":
+            return value
+    return variant
+
+
+def _decimals(*values: float | None) -> int:
+    """3 decimals for correlations and fractions, fewer for percentages and sums (rsum ~ 0-600)."""
+    magnitude = max((abs(v) for v in values if not is_missing(v)), default=0.0)  # type: ignore[arg-type]
+    return 1 if magnitude >= 100 else 2 if magnitude >= 10 else 3
+
+
+def format_value(value: float | None, *, like: tuple[float | None, ...] = ()) -> str:
+    """A score for a table; ``like`` = other numbers shown beside it, so they all get the same decimals."""
+    if is_missing(value):
+        return "—"
+    return f"{value:.{_decimals(value, *like)}f}"
+
+
+def format_ci(low: float | None, high: float | None, value: float | None = None) -> str:
+    """``[0.398, 0.431]`` (decimals matching ``value``), or an empty string when there is no interval."""
+    if is_missing(low) or is_missing(high):
+        return ""
+    like = (value, low, high)
+    return f"[{format_value(low, like=like)}, {format_value(high, like=like)}]"
+
+
+def format_score(value: float | None, low: float | None, high: float | None) -> tuple[str, str]:
+    """(value text, CI text) with one number of decimals for all three."""
+    return format_value(value, like=(low, high)), format_ci(low, high, value)
+
+
+def format_delta(delta: float | None, *like: float | None) -> str:
+    if delta is None:
+        return "—"
+    if delta == 0:
+        return "0"
+    return f"{delta:+.{_decimals(*like)}f}"
+
+
+def random_models(rows: list[ScoreRow]) -> list[str]:
+    """Models scored with random weights (any row flagged), sorted: they must be flagged wherever shown."""
+    return sorted({r.model for r in rows if r.weights_random})
