@@ -1,0 +1,267 @@
+"""Distributed, deterministic k-means (Lloyd) with k-means++ or k-means|| seeding.
+
+Each Lloyd iteration is one pass of block tasks: a task assigns its rows to the nearest centroid
+(squared euclidean, |x|^2 - 2 x.c + |c|^2 in float64, centroids streamed in tiles) and returns its labels,
+distances, per-cluster counts and per-cluster coordinate sums. The sums are fixed-point integers (the
+coordinates scaled by one power of two chosen from N and max |x|, then rounded: resolution below 2^-40 of
+max |x| for N up to 10^6), so merging them is exact integer addition: the centroids do not depend on how
+the rows were cut into blocks or in which order tasks finished. Memory per task O(B x W + B x d + k x d).
+
+Empty clusters: after an assignment, each empty cluster is re-seeded at a point farthest from its
+assigned centroid (largest distance, ties by lower index; distinct points), and ``n_reseeded`` counts it.
+Convergence: stop when the summed squared centroid shift is at most ``tol`` times the mean per-dimension
+variance of X (scikit-learn's convention) or after ``iters`` iterations. The returned labels and inertia
+come from a final assignment against the returned centroids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from embedeval.engine.knn import DEFAULT_BLOCK_SIZE, TILE_COLUMNS
+from embedeval.engine.runner import Shared, TileRunner, default_runner
+from embedeval.engine.validate import as_matrix, check_block_size
+
+_CHUNK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    centroids: np.ndarray  # (k, d) float64
+    labels: np.ndarray  # (N,) int64, nearest centroid (ties: lower centroid index)
+    inertia: float  # sum of squared euclidean distances of points to their centroid
+    n_iter: int  # Lloyd iterations run
+    n_reseeded: int = 0  # empty clusters re-seeded at a farthest point, over all iterations
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    labels: np.ndarray
+    min_sqdist: np.ndarray
+    counts: np.ndarray | None  # (k,) int64
+    sums: np.ndarray | None  # (k, d) int64 fixed point
+
+
+def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: int = 0,
+           init: Literal["k-means++", "k-means||"] | np.ndarray = "k-means++", block_size: int = DEFAULT_BLOCK_SIZE,
+           runner: TileRunner | None = None, oversampling: float | None = None, rounds: int = 5
+           ) -> KMeansResult:
+    """Cluster the rows of X (N, d) into k clusters; deterministic for a seed whatever the block size.
+
+    ``init``: "k-means++" (greedy D^2 sampling, sequential on the driver: O(N k d log k), fine up to
+    N k ~ 1e9) or
+    "k-means||" (Bahmani et al. 2012: ``rounds`` passes each sampling about ``oversampling`` (default
+    2k) points with probability proportional to D^2, as block tasks; the candidates are weighted by how
+    many points are nearest to them and reduced to k by weighted k-means++), or a (k, d) array of
+    initial centroids. X is used as float32 (distances and centroids in float64). Returns float64
+    centroids, int64 labels. Raises ``ValueError`` on NaN/Inf rows, k outside [1, N] or a bad ``init``.
+    """
+    X = as_matrix("X", X)
+    n, d = X.shape
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"k must be between 1 and the number of points ({n}); got {k}")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1; got {iters}")
+    k = int(k)
+    block_size = check_block_size(block_size)
+    runner = runner or default_runner()
+    rng = np.random.default_rng(seed)
+    x_shared = runner.put(X)
+    scale_exp = _fixed_point_exponent(n, float(np.abs(X).max()))
+    assign = _Assigner(runner, x_shared, n, block_size, scale_exp)
+
+    if isinstance(init, np.ndarray):
+        centroids = as_matrix("init", init, dtype=np.float64)
+        if centroids.shape != (k, d):
+            raise ValueError(f"init centroids must have shape ({k}, {d}); got {centroids.shape}")
+    elif init == "k-means++":
+        centroids = X[_kmeans_pp_indices(X, k, rng)].astype(np.float64)
+    elif init == "k-means||":
+        centroids = _kmeans_parallel_init(X, k, rng, assign, oversampling or 2.0 * k, rounds)
+    else:
+        raise ValueError(f"init must be 'k-means++', 'k-means||' or a (k, d) array; got {init!r}")
+
+    tol_abs = tol * float(np.mean(_column_variance(X)))
+    n_reseeded = 0
+    n_iter = 0
+    for n_iter in range(1, iters + 1):
+        a = assign(centroids, with_sums=True)
+        assert a.counts is not None and a.sums is not None
+        new = centroids.copy()
+        filled = a.counts > 0
+        new[filled] = a.sums[filled] / a.counts[filled, None] / 2.0 ** scale_exp
+        empty = np.flatnonzero(~filled)
+        if empty.size:
+            farthest = np.lexsort((np.arange(n), -a.min_sqdist))[:empty.size]
+            new[empty] = X[farthest]
+            n_reseeded += empty.size
+        shift = float(np.sum((new - centroids) ** 2))
+        centroids = new
+        if shift <= tol_abs and not empty.size:
+            break
+    final = assign(centroids, with_sums=False)
+    return KMeansResult(centroids=centroids, labels=final.labels, inertia=float(np.sum(final.min_sqdist)),
+                        n_iter=n_iter, n_reseeded=n_reseeded)
+
+
+class _Assigner:
+    """Runs one assignment pass of block tasks and assembles the result in row order."""
+
+    def __init__(self, runner: TileRunner, x: Shared, n: int, block_size: int, scale_exp: int) -> None:
+        self.runner = runner
+        self.x = x
+        self.n = n
+        self.block_size = block_size
+        self.scale_exp = scale_exp
+
+    def __call__(self, centroids: np.ndarray, with_sums: bool) -> _Assignment:
+        k, d = centroids.shape
+        labels = np.empty(self.n, dtype=np.int64)
+        min_sqdist = np.empty(self.n, dtype=np.float64)
+        counts = np.zeros(k, dtype=np.int64) if with_sums else None
+        sums = np.zeros((k, d), dtype=np.int64) if with_sums else None
+        params = {"with_sums": with_sums, "scale_exp": self.scale_exp,
+                  "tile_columns": min(self.block_size, TILE_COLUMNS)}
+        for res in self.runner.map_blocks(assign_block_task, self.n, self.block_size,
+                                          [self.x, np.ascontiguousarray(centroids, dtype=np.float64)], params):
+            part = res.value
+            labels[res.start:res.stop] = part.labels
+            min_sqdist[res.start:res.stop] = part.min_sqdist
+            if with_sums:
+                counts += part.counts  # integer addition: exact in any order
+                sums += part.sums
+        return _Assignment(labels, min_sqdist, counts, sums)
+
+
+def assign_block_task(start: int, stop: int, X: np.ndarray, C: np.ndarray, *, with_sums: bool,
+                      scale_exp: int, tile_columns: int) -> _Assignment:
+    """Block task: nearest centroid of rows ``start:stop`` and, optionally, fixed-point cluster sums."""
+    x = np.asarray(X[start:stop], dtype=np.float64)
+    labels, min_sqdist = nearest_centroids(x, C, tile_columns)
+    if not with_sums:
+        return _Assignment(labels, min_sqdist, None, None)
+    k, d = C.shape
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, d), dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    fixed = np.rint(x[order] * 2.0 ** scale_exp).astype(np.int64)
+    present = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
+    sums[present] = np.add.reduceat(fixed, starts, axis=0)
+    return _Assignment(labels, min_sqdist, counts, sums)
+
+
+def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, squared distances) of rows x (float64) to centroids C, streaming C in tiles.
+
+    Ties go to the lower centroid index. Distances are clamped at 0 (the expansion can round below).
+    """
+    xx = np.einsum("ij,ij->i", x, x)
+    best = np.full(x.shape[0], np.inf)
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    for c0 in range(0, C.shape[0], tile_columns):
+        c = C[c0:c0 + tile_columns]
+        dist = (xx[:, None] - 2.0 * (x @ c.T)) + np.einsum("ij,ij->i", c, c)[None, :]
+        arg = np.argmin(dist, axis=1)
+        val = dist[np.arange(x.shape[0]), arg]
+        better = val < best
+        best[better] = val[better]
+        labels[better] = arg[better] + c0
+    return labels, np.maximum(best, 0.0)
+
+
+def _fixed_point_exponent(n: int, max_abs: float) -> int:
+    """The largest power-of-two scale that keeps the sum of n scaled coordinates inside int64."""
+    head = 62 - math.ceil(math.log2(max(n, 2))) - 1
+    if max_abs > 0:
+        head -= math.ceil(math.log2(max_abs))
+    return int(head)
+
+
+def _column_variance(X: np.ndarray) -> np.ndarray:
+    n = X.shape[0]
+    s = np.zeros(X.shape[1])
+    for start in range(0, n, _CHUNK_ROWS):
+        s += np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64).sum(axis=0)
+    mean = s / n
+    ss = np.zeros(X.shape[1])
+    for start in range(0, n, _CHUNK_ROWS):
+        ss += ((np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64) - mean) ** 2).sum(axis=0)
+    return ss / n
+
+
+def _sqdist_to(X: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared euclidean distances of every row of X to one point c, computed directly (no expansion)."""
+    out = np.empty(X.shape[0])
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        diff = np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64) - c
+        out[start:start + _CHUNK_ROWS] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def _kmeans_pp_indices(X: np.ndarray, k: int, rng: np.random.Generator, weights: np.ndarray | None = None,
+                       initial: np.ndarray | None = None) -> np.ndarray:
+    """k row indices of X by greedy (weighted) D^2 sampling, continuing from ``initial`` if given.
+
+    Arthur & Vassilvitskii's k-means++ with scikit-learn's greedy refinement: each step draws
+    2 + ln(k) candidates with probability proportional to weight x D^2 and keeps the one that lowers
+    the weighted potential most. O(n k d log k) time, O(n) memory. When every remaining point coincides
+    with a chosen one (all D^2 = 0), the next is drawn uniformly among the points not chosen yet.
+    """
+    n = X.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    trials = 2 + int(np.log(k))
+    if initial is not None and len(initial):
+        chosen = [int(i) for i in initial]
+    elif weights is None:
+        chosen = [int(rng.integers(n))]
+    else:
+        chosen = [int(rng.choice(n, p=w / w.sum()))]
+    d2 = np.full(n, np.inf)
+    for c in chosen:
+        d2 = np.minimum(d2, _sqdist_to(X, X[c].astype(np.float64)))
+    while len(chosen) < k:
+        mass = np.cumsum(w * d2)
+        if mass[-1] <= 0:
+            free = np.setdiff1d(np.arange(n), chosen)
+            nxt = int(free[rng.integers(free.size)])
+            chosen.append(nxt)
+            d2 = np.minimum(d2, _sqdist_to(X, X[nxt].astype(np.float64)))
+            continue
+        picks = np.minimum(np.searchsorted(mass, rng.random(trials) * mass[-1], side="right"), n - 1)
+        best_d2, best_pot, best = d2, np.inf, -1
+        for cand in picks:  # keep the candidate that lowers the potential most (first on ties)
+            cand_d2 = np.minimum(d2, _sqdist_to(X, X[cand].astype(np.float64)))
+            pot = float(np.sum(w * cand_d2))
+            if pot < best_pot:
+                best_d2, best_pot, best = cand_d2, pot, int(cand)
+        chosen.append(best)
+        d2 = best_d2
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _kmeans_parallel_init(X: np.ndarray, k: int, rng: np.random.Generator, assign: _Assigner,
+                          oversampling: float, rounds: int) -> np.ndarray:
+    """k-means|| seeding: oversample by D^2 in ``rounds`` distributed passes, then reduce to k."""
+    n = X.shape[0]
+    chosen = np.array([int(rng.integers(n))], dtype=np.int64)
+    d2 = assign(X[chosen].astype(np.float64), with_sums=False).min_sqdist
+    for _ in range(rounds):
+        phi = float(np.sum(d2))
+        if phi <= 0:
+            break
+        pick = np.flatnonzero(rng.random(n) < np.minimum(1.0, oversampling * d2 / phi))
+        pick = pick[~np.isin(pick, chosen)]
+        if pick.size == 0:
+            continue
+        chosen = np.concatenate([chosen, pick])
+        d2 = np.minimum(d2, assign(X[pick].astype(np.float64), with_sums=False).min_sqdist)
+    if chosen.size <= k:  # too few distinct candidates: complete with D^2 sampling over all points
+        return X[_kmeans_pp_indices(X, k, rng, initial=chosen)].astype(np.float64)
+    candidates = X[chosen].astype(np.float64)
+    weights = np.bincount(assign(candidates, with_sums=False).labels, minlength=chosen.size).astype(np.float64)
+    return candidates[_kmeans_pp_indices(candidates, k, rng, weights)]

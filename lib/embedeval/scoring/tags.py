@@ -1,0 +1,128 @@
+"""Weighted tag vectors: the human side of CorrEmbed.
+
+One dimension per tag; an item's vector holds the tag's weight where the item has the tag, 0 elsewhere,
+and human similarity of two items is the cosine of their vectors. Vectors exist per tag category (colour,
+pattern, ...) and overall (``all``).
+
+Weights. With a category-weight table every tag of a category carries that category's weight, as in the
+CorrEmbed paper (there: 1 - mean normalised entropy of the category over customers' order histories).
+Without one, a tag is weighed by how informative its presence is over the catalogue:
+
+- ``entropy`` (default): the binary entropy, in bits, of the presence indicator, H(p) with p the share of
+  tagged items carrying the tag. A tag on every item (p = 1) or on none weighs 0, a tag splitting the
+  catalogue in half weighs 1. Rare tags weigh little: a tag on 1 item in 10,000 says almost nothing about
+  the similarity structure of the catalogue, and IDF would let it dominate its items' vectors.
+- ``idf``: log(N / df), the text-retrieval classic; also 0 for tags on every item, largest for rare tags.
+
+p and df are counted over items with at least one tag (an item with no tag list is unknown, not
+"absent from every tag"). Items whose vector is zero in a target (no tags in that category, or only
+weight-0 tags) have no defined cosine there; callers exclude them and count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+ALL_TARGET = "all"
+UNCATEGORISED = "uncategorised"
+
+
+class TagError(ValueError):
+    """Tag inputs cannot produce a vector; the message names the tag or category and the remedy."""
+
+
+@dataclass
+class TagVectors:
+    """Weighted tag vectors of every catalogue item for one target (a category or ``all``)."""
+
+    target: str
+    tags: list[str]               # column names
+    weights: np.ndarray           # (n_tags,) float64 weight per column
+    matrix: sp.csr_matrix         # (n_items, n_tags) float64: weight where the item has the tag
+
+    @property
+    def norms(self) -> np.ndarray:
+        return np.sqrt(np.asarray(self.matrix.multiply(self.matrix).sum(axis=1)).ravel())
+
+    @property
+    def has_vector(self) -> np.ndarray:
+        """Items with a non-zero vector here (the only ones with a defined tag cosine)."""
+        return self.norms > 0
+
+    def unit_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Dense L2-normalised vectors of ``rows`` (callers pass only rows with ``has_vector``)."""
+        dense = np.asarray(self.matrix[rows].todense(), dtype=np.float64)
+        norms = np.linalg.norm(dense, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise TagError(f"target {self.target!r}: unit_rows got items without tags; filter with has_vector")
+        return dense / norms
+
+
+def presence_matrix(tags: Sequence[Sequence[str] | None]) -> tuple[sp.csr_matrix, list[str]]:
+    """(n_items, n_tags) 0/1 CSR of which item carries which tag, and the sorted tag names."""
+    vocab = sorted({t for item in tags if item for t in item if t is not None})
+    col = {t: j for j, t in enumerate(vocab)}
+    indptr, indices = [0], []
+    for item in tags:
+        cols = sorted({col[t] for t in (item or []) if t is not None})
+        indices.extend(cols)
+        indptr.append(len(indices))
+    data = np.ones(len(indices), dtype=np.float64)
+    m = sp.csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+                      shape=(len(tags), len(vocab)))
+    return m, vocab
+
+
+def informative_weights(presence: sp.csr_matrix, method: Literal["entropy", "idf"] = "entropy") -> np.ndarray:
+    """Per-tag weight from its presence over tagged items (see module docstring); 0 for tags on every item."""
+    tagged = np.asarray(presence.sum(axis=1)).ravel() > 0
+    n = int(tagged.sum())
+    df = np.asarray(presence.sum(axis=0), dtype=np.float64).ravel()
+    if n == 0:
+        return np.zeros_like(df)
+    p = np.clip(df / n, 0.0, 1.0)
+    if method == "entropy":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        return np.nan_to_num(h, nan=0.0)
+    if method == "idf":
+        with np.errstate(divide="ignore"):
+            return np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
+    raise TagError(f"unknown tag weighting {method!r}; use 'entropy' or 'idf' (score.tag_weighting)")
+
+
+def build_tag_vectors(tags: Sequence[Sequence[str] | None], categories: dict[str, str] | None = None,
+                      category_weights: dict[str, float] | None = None,
+                      weighting: Literal["entropy", "idf"] = "entropy") -> list[TagVectors]:
+    """Tag vectors for ``all`` and, when ``categories`` (tag -> category) is given, for each category.
+
+    Tags missing from ``categories`` fall in the category ``uncategorised``. With ``category_weights``
+    every category that has tags must have a weight (a missing one raises: silently weighing it 0 would
+    drop those tags from the analysis without a trace).
+    """
+    presence, vocab = presence_matrix(tags)
+    tag_category = {t: (categories or {}).get(t, UNCATEGORISED) for t in vocab}
+    if category_weights is not None:
+        used = sorted(set(tag_category.values()))
+        missing = [c for c in used if c not in category_weights]
+        if missing:
+            raise TagError(f"category_weights has no weight for categories {missing}; add them "
+                           f"(or map their tags to a weighted category in the tag-category table)")
+        bad = {c: w for c, w in category_weights.items() if not np.isfinite(w) or w < 0}
+        if bad:
+            raise TagError(f"category_weights must be finite and >= 0, got {bad}")
+        weights = np.array([float(category_weights[tag_category[t]]) for t in vocab], dtype=np.float64)
+    else:
+        weights = informative_weights(presence, weighting)
+
+    weighted = sp.csr_matrix(presence.multiply(weights[None, :])) if vocab else presence
+    out = [TagVectors(ALL_TARGET, list(vocab), weights, weighted)]
+    if categories is not None:
+        for cat in sorted(set(tag_category.values())):
+            cols = np.array([j for j, t in enumerate(vocab) if tag_category[t] == cat], dtype=np.int64)
+            out.append(TagVectors(cat, [vocab[j] for j in cols], weights[cols], sp.csr_matrix(weighted[:, cols])))
+    return out

@@ -1,0 +1,103 @@
+"""Distributed k-means: scikit-learn's Lloyd from the same start, the same bits for any block size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from embedeval.engine.kmeans import assign_block_task, kmeans
+from embedeval.engine.runner import LocalRunner, TileRunner
+
+BLOCK_SIZES = [10, 32, 97, 200]
+
+
+@pytest.fixture
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    X, y = make_blobs(n_samples=97, centers=4, n_features=6, cluster_std=0.6, random_state=3)
+    return X.astype(np.float32), y
+
+
+def test_matches_sklearn_lloyd_from_the_same_start(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = blobs
+    rng = np.random.default_rng(0)
+    init = X[rng.choice(97, 4, replace=False)].astype(np.float64)
+    ours = kmeans(X, 4, init=init, iters=100, tol=0.0, block_size=10, runner=LocalRunner())
+    ref = KMeans(4, init=init, n_init=1, max_iter=100, tol=0.0, algorithm="lloyd").fit(X.astype(np.float64))
+    assert np.array_equal(ours.labels, ref.labels_)
+    assert np.allclose(ours.centroids, ref.cluster_centers_, atol=1e-6)
+    assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-6)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+def test_same_bits_for_every_block_size(blobs: tuple[np.ndarray, np.ndarray], init: str) -> None:
+    X, y = blobs
+    results = [kmeans(X, 4, init=init, seed=5, block_size=b, runner=LocalRunner()) for b in BLOCK_SIZES]
+    for r in results[1:]:
+        assert np.array_equal(r.labels, results[0].labels)
+        assert np.array_equal(r.centroids, results[0].centroids)
+        assert r.n_iter == results[0].n_iter
+    assert adjusted_rand_score(y, results[0].labels) == pytest.approx(1.0)
+    other_seed = kmeans(X, 4, init=init, seed=6, block_size=32, runner=LocalRunner())
+    assert adjusted_rand_score(results[0].labels, other_seed.labels) == pytest.approx(1.0)
+
+
+def test_ray_and_numpy_give_identical_results(blobs: tuple[np.ndarray, np.ndarray], runner: TileRunner) -> None:
+    X, _ = blobs
+    for init in ("k-means++", "k-means||"):
+        a = kmeans(X, 4, init=init, seed=1, block_size=13, runner=runner)
+        b = kmeans(X, 4, init=init, seed=1, block_size=50, runner=LocalRunner())
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids)
+        assert a.inertia == b.inertia
+
+
+def test_empty_cluster_is_reseeded_at_the_farthest_point(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = blobs
+    init = np.vstack([X[:3].astype(np.float64), np.full((1, 6), 1e6)])  # the last centroid attracts nobody
+    res = kmeans(X, 4, init=init, block_size=32, runner=LocalRunner())
+    assert res.n_reseeded >= 1
+    assert np.all(np.bincount(res.labels, minlength=4) > 0)
+    assert np.all(np.abs(res.centroids) < 1e3)
+
+
+def test_duplicate_points_and_k_equal_n() -> None:
+    X = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 distinct points, 4 copies each
+    res = kmeans(X, 3, seed=0, runner=LocalRunner())
+    assert res.inertia == pytest.approx(0.0, abs=1e-12)
+    assert adjusted_rand_score(np.repeat(np.arange(3), 4), res.labels) == 1.0
+    assert kmeans(X, 12, runner=LocalRunner()).inertia == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bad_inputs_raise(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = blobs
+    with pytest.raises(ValueError, match="k must be between 1 and the number of points"):
+        kmeans(X, 98, runner=LocalRunner())
+    with pytest.raises(ValueError, match="init"):
+        kmeans(X, 3, init="random", runner=LocalRunner())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shape"):
+        kmeans(X, 3, init=np.zeros((2, 6)), runner=LocalRunner())
+    bad = X.copy()
+    bad[5] = np.nan
+    with pytest.raises(ValueError, match=r"X has 1 row\(s\) with NaN"):
+        kmeans(bad, 3, runner=LocalRunner())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=5), st.integers(0, 2**31 - 1))
+def test_cluster_sum_states_merge_exactly_in_any_order(sizes: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    X = (rng.standard_normal((n, 5)) * 10.0 ** rng.integers(-6, 3, (n, 1))).astype(np.float32)
+    C = rng.standard_normal((3, 5))
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    parts = [assign_block_task(int(a), int(b), X, C, with_sums=True, scale_exp=30, tile_columns=2)
+             for a, b in zip(edges[:-1], edges[1:])]
+    whole = assign_block_task(0, n, X, C, with_sums=True, scale_exp=30, tile_columns=2)
+    for order in (range(len(parts)), rng.permutation(len(parts))):
+        sums = sum(parts[i].sums for i in order)
+        counts = sum(parts[i].counts for i in order)
+        assert np.array_equal(sums, whole.sums) and np.array_equal(counts, whole.counts)

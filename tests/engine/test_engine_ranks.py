@@ -1,0 +1,135 @@
+"""Exact ranks of true matches against a brute-force sort of every query's full score row."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from embedeval.engine.exact import canonical_scores
+from embedeval.engine.ranks import NO_POSITIVE, best_positive_rank, positive_ranks
+from embedeval.engine.runner import LocalRunner, TileRunner
+
+BLOCK_SIZES = [10, 32, 97, 200]
+
+
+def brute_ranks(Q: np.ndarray, G: np.ndarray, relevant: np.ndarray,
+                exclude_same_index: bool = False) -> list[np.ndarray]:
+    """Per query: sort the whole gallery by (canonical score desc, index asc); 1-based positions of the relevant."""
+    out = []
+    for i in range(len(Q)):
+        keep = np.arange(len(G)) != i if exclude_same_index else np.ones(len(G), bool)
+        idx = np.flatnonzero(keep)
+        s = canonical_scores(Q, G, np.full(idx.size, i), idx)
+        order = np.lexsort((idx, -s))
+        out.append(np.flatnonzero(relevant[i, idx][order]) + 1)
+    return out
+
+
+def labelled(rng: np.random.Generator, unit: Callable[..., np.ndarray], nq: int = 37, ng: int = 97,
+             classes: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return unit(rng, nq, 12), unit(rng, ng, 12), rng.integers(0, classes, nq), rng.integers(0, classes, ng)
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_positive_ranks_match_brute_force(rng: np.random.Generator, unit: Callable[..., np.ndarray],
+                                          block_size: int) -> None:
+    Q, G, ql, gl = labelled(rng, unit)
+    got = positive_ranks(Q, G, ql, gl, block_size=block_size, runner=LocalRunner())
+    want = brute_ranks(Q, G, ql[:, None] == gl[None, :])
+    assert np.array_equal(got.n_relevant, [(gl == c).sum() for c in ql])
+    for i in range(len(Q)):
+        assert np.array_equal(got.ranks_of(i), want[i])
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_best_positive_rank_matches_brute_force(rng: np.random.Generator, unit: Callable[..., np.ndarray],
+                                                block_size: int) -> None:
+    Q, G = unit(rng, 37, 12), unit(rng, 97, 12)
+    positives = [rng.choice(97, size=rng.integers(0, 6), replace=False) for _ in range(37)]  # 0..5 captions
+    indptr = np.concatenate([[0], np.cumsum([p.size for p in positives])])
+    got = best_positive_rank(Q, G, indptr, np.concatenate(positives), block_size=block_size, runner=LocalRunner())
+    relevant = np.zeros((37, 97), bool)
+    for i, p in enumerate(positives):
+        relevant[i, p] = True
+    want = [r[0] if r.size else NO_POSITIVE for r in brute_ranks(Q, G, relevant)]
+    assert np.array_equal(got, want)
+
+
+def test_ray_and_numpy_give_identical_ranks(rng: np.random.Generator, unit: Callable[..., np.ndarray],
+                                            runner: TileRunner) -> None:
+    Q, G, ql, gl = labelled(rng, unit)
+    base = positive_ranks(Q, G, ql, gl, block_size=16, runner=LocalRunner())
+    got = positive_ranks(Q, G, ql, gl, block_size=7, runner=runner)
+    assert np.array_equal(got.indptr, base.indptr) and np.array_equal(got.ranks, base.ranks)
+
+
+def test_float32_and_float64_tiles_agree(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> None:
+    # One class per query holding a third of the gallery: many positives switch tiles to float64.
+    Q, G = unit(rng, 20, 12), unit(rng, 97, 12)
+    ql = np.zeros(20, int)
+    gl = (np.arange(97) % 3 == 0).astype(int) - 1
+    gl[gl == -1] = 1
+    many = positive_ranks(Q, G, ql, gl, block_size=8, runner=LocalRunner())
+    want = brute_ranks(Q, G, ql[:, None] == gl[None, :])
+    for i in range(20):
+        assert np.array_equal(many.ranks_of(i), want[i])
+    # The same relevant sets through best_positive_rank (float32 tiles) agree on the first rank.
+    pos = np.flatnonzero(gl == 0)
+    best = best_positive_rank(Q, G, np.arange(21) * pos.size, np.tile(pos, 20), block_size=8, runner=LocalRunner())
+    assert np.array_equal(best, [r[0] for r in want])
+
+
+def test_tie_convention_lower_gallery_index_first(rng: np.random.Generator) -> None:
+    """Equal scores are ordered by gallery index: rank(p) = 1 + #{s > s_p} + #{g < p: s == s_p}."""
+    v = rng.standard_normal((3, 8)).astype(np.float32)
+    G = v[[0, 1, 0, 2, 0, 1]]  # items 0, 2, 4 identical; 1, 5 identical
+    Q = v[[0]]
+    labels_g = np.array([9, 7, 7, 9, 7, 7])
+    got = positive_ranks(Q, G, np.array([7]), labels_g, block_size=2, runner=LocalRunner())
+    s = canonical_scores(Q, G, np.zeros(6, int), np.arange(6))
+    order = np.lexsort((np.arange(6), -s))
+    assert np.array_equal(order[:3], [0, 2, 4])  # the tie among identical items, lower index first
+    assert np.array_equal(got.ranks_of(0), np.flatnonzero(labels_g[order] == 7) + 1)
+    assert got.ranks_of(0)[:2].tolist() == [2, 3]  # items 2 and 4 come after item 0 (label 9)
+    best = best_positive_rank(Q, G, np.array([0, 2]), np.array([4, 2]), runner=LocalRunner())
+    assert best.tolist() == [2]  # of the tied positives 2 and 4, item 2 ranks first, after item 0
+
+
+def test_exclude_same_index(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> None:
+    X = unit(rng, 97, 12)
+    labels = rng.integers(0, 4, 97)
+    got = positive_ranks(X, X, labels, labels, block_size=32, exclude_same_index=True, runner=LocalRunner())
+    want = brute_ranks(X, X, labels[:, None] == labels[None, :], exclude_same_index=True)
+    assert np.array_equal(got.n_relevant, [(labels == c).sum() - 1 for c in labels])
+    for i in range(97):
+        assert np.array_equal(got.ranks_of(i), want[i])
+
+
+def test_queries_without_positives(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> None:
+    Q, G = unit(rng, 4, 6), unit(rng, 10, 6)
+    got = positive_ranks(Q, G, np.array(["a", "b", "zzz", "a"]), np.array(["a", "b"] * 5), runner=LocalRunner())
+    assert got.n_relevant.tolist() == [5, 5, 0, 5]
+    assert got.ranks_of(2).size == 0
+    assert best_positive_rank(Q, G, np.zeros(5, int), np.zeros(0, int), runner=LocalRunner()).tolist() == [0] * 4
+
+
+def test_bad_inputs_raise(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> None:
+    Q, G = unit(rng, 3, 6), unit(rng, 10, 6)
+    with pytest.raises(ValueError, match="repeat a gallery item"):
+        best_positive_rank(Q, G, np.array([0, 2, 2, 2]), np.array([1, 1]), runner=LocalRunner())
+    with pytest.raises(ValueError, match=r"lie in \[0, 10\)"):
+        best_positive_rank(Q, G, np.array([0, 1, 1, 1]), np.array([10]), runner=LocalRunner())
+    with pytest.raises(ValueError, match="positives_indptr"):
+        best_positive_rank(Q, G, np.array([0, 1]), np.array([1]), runner=LocalRunner())
+    with pytest.raises(ValueError, match="columns"):
+        positive_ranks(Q, G[:, :5], np.zeros(3), np.zeros(10), runner=LocalRunner())
+    with pytest.raises(ValueError, match="labels"):
+        positive_ranks(Q, G, np.zeros(2), np.zeros(10), runner=LocalRunner())
+    with pytest.raises(ValueError, match="exclude_same_index"):
+        positive_ranks(Q, G, np.zeros(3), np.zeros(10), exclude_same_index=True, runner=LocalRunner())
+    bad = G.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"G has 1 row\(s\) with NaN"):
+        positive_ranks(Q, bad, np.zeros(3), np.zeros(10), runner=LocalRunner())
