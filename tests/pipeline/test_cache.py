@@ -57,6 +57,18 @@ def test_grown_catalogue_embeds_only_new_and_changed_items(tmp_path: Path) -> No
         fresh = read_committed(Storage(str(tmp_path / "scratch")), "r3", model, modality)
         assert cached.ids.tolist() == fresh.ids.tolist() and cached.subs.tolist() == fresh.subs.tolist()
         np.testing.assert_allclose(cached.vectors, fresh.vectors, rtol=1e-5, atol=1e-5)
+    # ...and so do the scores of the re-scored grown catalogue.
+    from embedeval.workflow import score_from_config
+
+    keys = ["model", "task", "target", "metric", "k", "split", "variant"]
+    cached_scores = score_from_config(_config(root, grown.manifest, "r2"), echo=lambda _: None).to_pandas()
+    fresh_scores = score_from_config(_config(tmp_path / "scratch", grown.manifest, "r3", use_cache=False),
+                                     echo=lambda _: None).to_pandas()
+    joined = cached_scores.merge(fresh_scores, on=keys, suffixes=("_cached", "_fresh"))
+    assert len(joined) == len(cached_scores) == len(fresh_scores) > 50
+    for column in ("value", "ci_low", "ci_high"):
+        np.testing.assert_allclose(joined[f"{column}_cached"].astype(float), joined[f"{column}_fresh"].astype(float),
+                                   rtol=0, atol=1e-6, equal_nan=True)
     old = read_committed(Storage(str(root)), "r1", "builtin-pixelstats", "image")
     new = read_committed(Storage(str(root)), "r2", "builtin-pixelstats", "image")
     assert not np.array_equal(old.vectors[1], new.vectors[1])   # the changed image was re-embedded
