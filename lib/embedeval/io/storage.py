@@ -34,6 +34,23 @@ class StorageError(RuntimeError):
     """A read or write against the root failed after retries; the message names the URI."""
 
 
+# How pyarrow (the AWS SDK) words errors that a later attempt may not meet: throttling, 5xx answers,
+# dropped connections and timeouts. Anything else (access denied, no such bucket, a bad request) is final.
+_TRANSIENT_MARKERS = ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "REQUEST_TIMEOUT",
+                      "NETWORK_CONNECTION", "curlCode", "HTTP status 500", "HTTP status 502", "HTTP status 503",
+                      "HTTP status 504", "Connection reset", "timed out")
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether an S3 error is worth retrying later (it was transient at the server or on the network)."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
 class S3Options(BaseModel):
     """How to reach S3-compatible storage. Unset fields fall back to the AWS environment/instance role."""
 
@@ -102,6 +119,10 @@ def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3.max_attempts),
         # Directory-marker objects confuse some servers (rclone rejects them) and mean nothing on S3.
         "background_writes": False,
+        # Small files go up in one PutObject on close instead of Create/UploadPart/CompleteMultipartUpload:
+        # a third of the requests, and a PUT can be retried safely where a retried Complete whose first
+        # answer was lost fails with NoSuchUpload on some servers (rclone's).
+        "allow_delayed_open": True,
     }
     endpoint = s3.resolved_endpoint()
     if endpoint:
@@ -184,7 +205,11 @@ class Storage:
 
     # --- reads -------------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
-        with self._call(self.fs.open_input_stream, self.path(rel)) as f:
+        # The GET happens in read(), so the whole read goes through _call to name the URI on failure.
+        return self._call(self._get_object, self.path(rel))
+
+    def _get_object(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
             return f.read()
 
     def read_json(self, rel: str) -> Any:
@@ -198,8 +223,8 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)
         if self.is_s3:
-            with self._call(self.fs.open_output_stream, target) as f:
-                f.write(data)
+            # The upload happens on close, so the whole write goes through _call to name the URI on failure.
+            self._call(self._put_object, target, data)
             return
         os.makedirs(posixpath.dirname(target), exist_ok=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex}"
@@ -208,6 +233,10 @@ class Storage:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+
+    def _put_object(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
@@ -279,7 +308,8 @@ class Storage:
             if not isinstance(where, str):
                 where = getattr(where, "base_dir", str(where))
             shown = ("s3://" + where) if self.is_s3 else where
-            raise StorageError(f"storage operation {getattr(fn, '__name__', fn)} failed on {shown}: {exc}") from exc
+            raise StorageError(f"storage operation {str(getattr(fn, '__name__', fn)).lstrip('_')} failed on {shown}: "
+                               f"{exc}") from exc
 
 
 def iter_batches(table: pa.Table, rows: int) -> Iterator[pa.Table]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,7 +29,7 @@ from embedeval.io.embeddings import (
     write_commit_marker,
 )
 from embedeval.io.manifest import ManifestReadResult, load_manifest, load_tag_categories
-from embedeval.io.storage import Storage
+from embedeval.io.storage import Storage, StorageError
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_family, model_modalities
@@ -181,10 +182,18 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
         task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
-                written.append(row)
-                task.advance(row["rows"] + row["errors"])
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
+                    written.append(row)
+                    task.advance(row["rows"] + row["errors"])
+        except Exception as exc:
+            # A write that failed after its retries ends the Ray job; say which URI, not Ray's stack of wrappers.
+            cause = _storage_error_in(exc)
+            if cause is None:
+                raise
+            raise StorageError(f"embedding {model} ({', '.join(todo)}) stopped, nothing of it committed: {cause}. "
+                               "Rerun with the same run_id to resume once the storage answers.") from exc
         task.done()
     seconds = time.time() - started
     for modality, mod_inputs in todo.items():
@@ -301,6 +310,18 @@ def import_precomputed(config: RunConfig, entry: ModelEntry, inputs: pa.Table,
         for start in range(0, batch.num_rows, config.embed.rows_per_file):
             results.extend(write_partition_files(batch.slice(start, config.embed.rows_per_file), target).to_pylist())
     return results
+
+
+def _storage_error_in(exc: BaseException) -> StorageError | None:
+    """The StorageError behind an exception that Ray raised for a failed task, or None.
+
+    Ray does not carry a task's exception chain to the driver, only its formatted traceback, so the
+    StorageError's message (one line, naming the URI) is taken from there.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    found = re.findall(r"embedeval\.io\.storage\.StorageError: (.+)", str(exc))
+    return StorageError(found[-1].strip()) if found else None
 
 
 def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) -> None:

@@ -20,10 +20,16 @@ import json
 import logging
 import os
 import re
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedeval.config import RayOptions
+
+if TYPE_CHECKING:
+    from embedeval.config import RunConfig
+    from embedeval.io.storage import S3Options
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,8 @@ def job_runtime_env() -> dict[str, Any]:
 
 def secret_looking_env_vars(runtime_env: dict[str, Any]) -> list[str]:
     """Names of runtime_env env_vars that look like credentials (they would be shown on the dashboard)."""
-    return sorted(name for name in (runtime_env.get("env_vars") or {}) if _SECRET_NAME.search(name))
+    return sorted(name for name in (runtime_env.get("env_vars") or {})
+                  if _SECRET_NAME.search(name) and not name.upper().endswith(("_PATH", "_FILE", "_DIR")))
 
 
 def library_runtime_env(joining_cluster: bool, job_env: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -106,3 +113,70 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """What a worker on one node saw: where it imported the library from, and whether it reached the root."""
+
+    node: str
+    gpus: float
+    library: str        # the package folder a worker imported, or "" when the import failed
+    shipped: bool       # imported from the job's runtime env (py_modules), not from an install on the node
+    storage: str        # "ok", or what went wrong writing/reading/deleting a probe object under the root
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.library) and self.storage == "ok"
+
+    def line(self) -> str:
+        where = ("shipped with the job (py_modules)" if self.shipped
+                 else f"from {self.library}" if self.library else "NOT importable")
+        return f"node {self.node} ({self.gpus:g} GPU): embedeval {where}; storage {self.storage}"
+
+
+def _check_this_node(root: str, s3: S3Options | None, gpus: float) -> NodeCheck:
+    import ray
+
+    from embedeval.io.storage import Storage
+
+    library = str(library_dir())
+    # Ray unpacks a job's py_modules under <session dir>/runtime_resources/py_modules_files/.
+    shipped = "py_modules_files" in Path(library).parts
+    key = f".cluster-check-{uuid.uuid4().hex}"
+    payload = b"embedeval cluster check"
+    try:
+        storage = Storage(root, s3)
+        storage.write_bytes(key, payload)
+        same = storage.read_bytes(key) == payload
+        storage.delete_file(key)
+        status = "ok" if same else "read back different bytes than written"
+    except Exception as exc:  # noqa: BLE001 - reported per node, the job decides the exit status
+        status = f"{type(exc).__name__}: {exc}"
+    return NodeCheck(ray.util.get_node_ip_address(), gpus, library, shipped, status)
+
+
+def check_cluster(config: RunConfig) -> list[NodeCheck]:
+    """One probe task per alive node: can its workers import this library and read/write the root?
+
+    Workers use their own credentials (environment, instance role, Kubernetes secret) plus the non-secret
+    ``s3`` settings of the config, exactly as the pipeline does, so a passing check means embed can run.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ensure_ray(config.ray)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_check_this_node)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(config.root, config.s3, float(n.get("Resources", {}).get("GPU", 0.0))) for n in nodes]
+    checks = []
+    for node, ref in zip(nodes, refs, strict=True):
+        try:
+            checks.append(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - typically the worker could not import embedeval
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            checks.append(NodeCheck(node.get("NodeManagerAddress", "?"),
+                                    float(node.get("Resources", {}).get("GPU", 0.0)), "", False,
+                                    f"not checked: the probe task failed ({reason})"))
+    return checks
