@@ -88,11 +88,12 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     # created_at orders runs for the report's "difference from the last run"; file times are unreliable on S3.
     meta = {"embedeval.score.settings": settings.model_dump_json(), "embedeval.run_id": run_id,
             "embedeval.score.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", table, metadata=meta)
     from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
 
+    # scores.parquet goes last: it is the score stage's commit, so a kill never leaves it beside stale siblings.
     storage.write_parquet(f"runs/{run_id}/{AMBIGUITY_PATH}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
     storage.write_parquet(f"runs/{run_id}/{PROTOTYPES_PATH}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
+    storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", table, metadata=meta)
     say(f"scores: {table.num_rows} rows for {len(models)} models written to "
         f"{storage.uri(f'runs/{run_id}/{SCORES_PATH}')}")
     return table
@@ -158,6 +159,15 @@ def _make_runner(settings: ScoreSettings) -> Any:
     return RayRunner()
 
 
+def _is_system_failure(exc: BaseException) -> bool:
+    """Ray errors that are not an exception raised by our own code inside a task (node/worker/object loss)."""
+    try:
+        from ray.exceptions import RayError, RayTaskError
+    except ImportError:
+        return False
+    return isinstance(exc, RayError) and not isinstance(exc, RayTaskError)
+
+
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
@@ -178,6 +188,10 @@ def _score_model(ctx: TaskContext, embeddings: dict[str, ModalityEmbeddings], ta
                 rows.extend(fn())
                 failed = None
             except Exception as exc:  # noqa: BLE001 - one task must not lose the others
+                if _is_system_failure(exc):
+                    # Lost nodes or workers after Ray's retries: the numbers are not wrong, they are missing.
+                    # Fail the job so a rerun completes it, instead of recording a permanent 'failed' score.
+                    raise
                 failed = exc
                 log.error("model %s: task %s (%s) failed: %s\n%s", ctx.model, task, target, exc,
                           traceback.format_exc())
