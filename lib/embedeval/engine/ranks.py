@@ -211,26 +211,30 @@ def _count_mid(thr: "_Thresholds", hist: np.ndarray, eps: np.ndarray, rows: np.n
     """
     seg = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     seg_len = np.diff(np.r_[seg, rows.size])
-    looped = np.repeat(seg_len >= _PER_ROW_SEARCH_ABOVE, seg_len)
+    looped = seg_len >= _PER_ROW_SEARCH_ABOVE
     lo = np.empty(rows.size, dtype=np.int64)
-    hi = np.empty(rows.size, dtype=np.int64)
-    for s, n in zip(seg[seg_len >= _PER_ROW_SEARCH_ABOVE], seg_len[seg_len >= _PER_ROW_SEARCH_ABOVE]):
+    sure = np.empty(rows.size, dtype=bool)
+    for s, n in zip(seg[looped], seg_len[looped]):
         r = rows[s]
         t = thr.scores_of(r)
         v = values[s:s + n]
-        lo[s:s + n] = np.searchsorted(t, v - eps[r], side="left")
-        hi[s:s + n] = np.searchsorted(t, v + eps[r], side="right")
-    batch = np.flatnonzero(~looped)
+        a = np.searchsorted(t, v, side="left")  # thresholds strictly below v
+        near_below = (a > 0) & (v - t[np.maximum(a - 1, 0)] <= eps[r])
+        near_above = (a < t.size) & (t[np.minimum(a, t.size - 1)] - v <= eps[r])
+        lo[s:s + n] = a
+        sure[s:s + n] = ~(near_below | near_above)
+    batch = np.flatnonzero(~np.repeat(looped, seg_len))
     if batch.size:
         r = rows[batch]
-        lo[batch] = np.searchsorted(thr.keys, r + 1j * (values[batch] - eps[r]), side="left") - thr.offset[r]
-        hi[batch] = np.searchsorted(thr.keys, r + 1j * (values[batch] + eps[r]), side="right") - thr.offset[r]
-    sure = lo == hi  # no threshold within eps: every threshold below v - eps is beaten, no other
+        below = np.searchsorted(thr.keys, r + 1j * (values[batch] - eps[r]), side="left") - thr.offset[r]
+        upto = np.searchsorted(thr.keys, r + 1j * (values[batch] + eps[r]), side="right") - thr.offset[r]
+        lo[batch] = below
+        sure[batch] = below == upto  # no threshold within eps of v
     bins = [thr.bin_offset[rows[sure]] + lo[sure]]
     unsure = np.flatnonzero(~sure)
     if unsure.size:
         bins.append(_resolve_exactly(thr, rows[unsure], cols[unsure], Q, G, q_offset))
-    np.add.at(hist, np.concatenate(bins), 1)
+    hist += np.bincount(np.concatenate(bins), minlength=hist.size)
 
 
 def _resolve_exactly(thr: "_Thresholds", rows: np.ndarray, cols: np.ndarray, Q: np.ndarray, G: np.ndarray,
