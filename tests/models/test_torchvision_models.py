@@ -183,3 +183,15 @@ def test_head_removal_is_generic(arch: str, dim: int) -> None:
     assert model.info.dim == dim
     out = model.embed_images(np.stack([model.preprocess_image(solid_image((5, 50, 200)))]))
     assert out.shape == (1, dim)
+
+
+def test_weight_free_preprocessor_matches_the_models_own() -> None:
+    """The prepare stage's preprocessing (no weights loaded) is exactly the loaded model's."""
+    import numpy as np
+    from PIL import Image
+
+    from embedeval.models.registry import load_model, load_preprocessor
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8), "RGB")
+    for spec in ("torchvision:resnet18:random", "builtin:pixelstats"):
+        np.testing.assert_array_equal(load_preprocessor(spec)(image), load_model(spec).preprocess_image(image))

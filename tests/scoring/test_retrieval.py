@@ -150,3 +150,28 @@ def test_same_modality_excludes_self(rng: np.random.Generator) -> None:
         if (gl[others] == gl[i]).any():
             aps.append(ref.label_ap(G[i:i + 1], G[others], gl[i:i + 1], gl[others])[0])
     assert rows[("image->image", "mAP@all", "all")].value == pytest.approx(np.mean(aps), abs=1e-9)
+
+
+
+def test_label_max_queries_scores_a_seeded_exact_sample(rng: np.random.Generator) -> None:
+    """With a query cap, the score is the exact mean AP over a seeded sample of queries, and says so."""
+    table, img_ids, sk_ids, images, sketches, img_cls, sk_cls = _sketch_setup(rng)
+    ctx = make_context(table, map_cutoffs=[10], precision_ks=[5], bootstrap_resamples=0, label_max_queries=7)
+    rows = _by(score_label_retrieval(ctx, make_embeddings(ctx, "sketch", sk_ids, sketches),
+                                     make_embeddings(ctx, "image", img_ids, images)))
+    row = rows[("sketch->image", "mAP@all", "all")]
+    Q, G = unit_rows(sketches), unit_rows(images)
+    ql, gl = sk_cls.astype(str), img_cls.astype(str)
+    has = np.flatnonzero(np.isin(ql, gl))
+    per_query = ref.label_ap(Q[has], G, ql[has], gl)
+    assert row.n == 7 and "7 of" in row.note and "sampled" in row.note
+    # the score is the exact mean AP of the sampled queries (the sample is drawn from the task's seed)
+    from embedeval.scoring.bootstrap import derive_seed
+
+    pick = np.sort(np.random.default_rng(derive_seed(0, "retrieval", "sketch->image", "all", "queries"))
+                   .choice(len(has), size=7, replace=False))
+    assert row.value == pytest.approx(per_query[pick].mean(), abs=1e-9)
+    again = _by(score_label_retrieval(ctx, make_embeddings(ctx, "sketch", sk_ids, sketches),
+                                      make_embeddings(ctx, "image", img_ids, images)))
+    assert again[("sketch->image", "mAP@all", "all")].value == row.value   # seeded: the same sample
+

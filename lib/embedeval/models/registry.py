@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Callable
+
+import numpy as np
+from PIL import Image
 
 from embedeval.io.storage import S3Options
 from embedeval.models.base import EmbeddingModel, ModelError
@@ -74,3 +78,19 @@ def load_model(spec: str, *, device: str = "cpu", s3: S3Options | None = None, c
     if dim_hint is not None and model.info.dim != dim_hint:
         raise ModelError(f"{parsed.spec}: embeds into {model.info.dim} dimensions but {dim_hint} were expected")
     return model
+
+
+def load_preprocessor(spec: str, *, s3: S3Options | None = None,
+                      cache_dir: str | None = None) -> Callable[[Image.Image], np.ndarray]:
+    """The model's own image preprocessing (PIL RGB -> float32 CHW), without loading weights where possible.
+
+    The pipeline's CPU prepare stage needs only this; loading a large model there just for its transforms
+    would cost memory and start-up time on every prepare actor. Families that can build their transforms
+    from the spec alone say so with a ``load_preprocessor(parsed)`` function; the others fall back to a
+    CPU replica of the model.
+    """
+    parsed = describe_spec(spec)
+    module = _family_module(parsed.family)
+    if hasattr(module, "load_preprocessor"):
+        return module.load_preprocessor(parsed)
+    return load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir).preprocess_image

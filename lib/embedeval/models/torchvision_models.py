@@ -88,6 +88,16 @@ def parse(spec: str, rest: str) -> ParsedSpec:
     return ParsedSpec(spec=spec, family=FAMILY, architecture=arch, weights=weights)
 
 
+def load_preprocessor(parsed: ParsedSpec) -> Callable[[Image.Image], np.ndarray]:
+    """The weights enum's transforms as PIL -> float32 CHW; builds no model and reads no weights file."""
+    import torchvision
+
+    enum_cls = torchvision.models.get_model_weights(parsed.architecture)
+    reference = enum_cls[parsed.weights] if parsed.weights_kind == "hub" else enum_cls.DEFAULT
+    transform = reference.transforms()
+    return lambda image: transform_to_chw(transform, image)
+
+
 def load(parsed: ParsedSpec, opts: LoadOptions) -> "TorchvisionModel":
     """Build the architecture, load its weights (hub/file/s3/random), remove the head, move to device."""
     import torchvision

@@ -51,4 +51,4 @@ def load_preprocessor(spec: str, s3: S3Options | None = None,
         from embedeval.models.registry import load_preprocessor as registry_preprocessor
     except ImportError:
         return loaded_model(spec, s3, cache_dir).preprocess_image
-    return registry_preprocessor(spec)
+    return registry_preprocessor(spec, s3=s3, cache_dir=cache_dir)

@@ -176,6 +176,13 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
         return [ctx.row(TASK, direction, m, None, 0, 0.0, split=split, variant=variant,
                         note=join_notes("skipped: no query has a relevant item", note)) for m in metrics]
     qi, ql, n_rel = qi[ok], ql[ok], n_rel[ok]
+    if s.label_max_queries is not None and qi.size > s.label_max_queries:
+        # Exact ranks over the whole gallery cost O(queries x gallery); a seeded uniform sample of queries
+        # keeps every number exact for the queries it covers, and n and the note say how many.
+        rng = np.random.default_rng(derive_seed(s.seed, TASK, direction, split, "queries"))
+        pick = np.sort(rng.choice(qi.size, size=s.label_max_queries, replace=False))
+        note = join_notes(f"{s.label_max_queries} of {qi.size} queries sampled (seeded)", note)
+        qi, ql, n_rel = qi[pick], ql[pick], n_rel[pick]
     with stopwatch() as t:
         lists = positive_ranks(queries.unit[qi], gallery.unit[gi], ql, gl, exclude_same_index=same_space,
                                block_size=s.block_size, runner=ctx.runner)

@@ -52,6 +52,9 @@ class ScoreSettings(BaseModel):
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="K of R@K (rsum uses these)")
     label_pairs: list[str] = Field(default_factory=lambda: ["sketch->image"],
                                    description="'a->b' label-relevance retrieval directions")
+    label_max_queries: int | None = Field(
+        None, ge=1, description="labelled retrieval (sketch->image): score a seeded sample of this many queries "
+                                "against the whole gallery; None = every query")
     map_cutoffs: list[int] = Field(default_factory=lambda: [200], description="mAP@K besides mAP@all")
     precision_ks: list[int] = Field(default_factory=lambda: [100, 200], description="P@K")
     ap_convention: Literal["standard", "zs-sbir"] = Field(
