@@ -6,6 +6,8 @@ a wrong number is never returned silently. Checks stream over row chunks: memory
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _CHUNK_ROWS = 65536
@@ -32,17 +34,21 @@ def as_matrix(name: str, x: np.ndarray, dtype: type | None = np.float32) -> np.n
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def check_finite_rows(name: str, x: np.ndarray) -> None:
-    """Raise ``ValueError`` naming the count and first index of rows of ``x`` holding NaN or Inf."""
-    bad_count = 0
-    first_bad = -1
+def _count_bad_rows(x: np.ndarray, is_bad: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """(how many rows ``is_bad`` flags, index of the first or -1), in chunks so memory stays O(chunk)."""
+    bad_count, first_bad = 0, -1
     for start in range(0, x.shape[0], _CHUNK_ROWS):
-        chunk = x[start:start + _CHUNK_ROWS]
-        bad = ~np.isfinite(chunk).all(axis=1)
+        bad = is_bad(x[start:start + _CHUNK_ROWS])
         n_bad = int(bad.sum())
         if n_bad and first_bad < 0:
             first_bad = start + int(np.argmax(bad))
         bad_count += n_bad
+    return bad_count, first_bad
+
+
+def check_finite_rows(name: str, x: np.ndarray) -> None:
+    """Raise ``ValueError`` naming the count and first index of rows of ``x`` holding NaN or Inf."""
+    bad_count, first_bad = _count_bad_rows(x, lambda chunk: ~np.isfinite(chunk).all(axis=1))
     if bad_count:
         raise ValueError(
             f"{name} has {bad_count} row(s) with NaN or Inf values (first at row {first_bad}); "
@@ -73,16 +79,11 @@ def check_unit_rows(name: str, x: np.ndarray, tolerance: float = UNIT_TOLERANCE)
     Cosine similarity is only the inner product on unit rows; callers normalise, and items without a
     vector (a zero row, e.g. an item with no tags) must be dropped by the caller, not scored as 0.
     """
-    bad_count = 0
-    first_bad = -1
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        chunk = np.asarray(x[start:start + _CHUNK_ROWS], dtype=np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-        bad = np.abs(norms - 1.0) > tolerance
-        n_bad = int(bad.sum())
-        if n_bad and first_bad < 0:
-            first_bad = start + int(np.argmax(bad))
-        bad_count += n_bad
+    def not_unit(chunk: np.ndarray) -> np.ndarray:
+        chunk = np.asarray(chunk, dtype=np.float64)
+        return np.abs(np.sqrt(np.einsum("ij,ij->i", chunk, chunk)) - 1.0) > tolerance
+
+    bad_count, first_bad = _count_bad_rows(x, not_unit)
     if bad_count:
         raise ValueError(
             f"{name} has {bad_count} row(s) that are not unit length (first at row {first_bad}); "
