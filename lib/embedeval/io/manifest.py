@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from embedeval.io.quarantine import QuarantineLog
-from embedeval.io.storage import S3Options, Storage, is_s3_uri, make_filesystem
+from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
 
 MEDIA_COLUMNS = ("image", "sketch")
 LIST_COLUMNS = ("captions", "tags")
@@ -317,9 +317,3 @@ def load_tag_categories(uri: str, s3: S3Options | None = None) -> dict[str, str]
             raise ManifestError(f"tag-category table {uri}: tag {tag!r} is in both {out[tag]!r} and {cat!r}")
         out[tag] = cat
     return out
-
-
-def storage_for_media(uri: str, s3: S3Options | None) -> tuple[Storage, str]:
-    """A Storage whose root is the folder of ``uri`` and the file name (for reading one media file)."""
-    folder, name = uri.rsplit("/", 1)
-    return Storage(folder, s3), name

@@ -44,7 +44,3 @@ class QuarantineLog:
     def for_modality(self, modality: str) -> "QuarantineLog":
         """Entries that remove an item (or one caption) from ``modality``: whole-item ones and its own."""
         return QuarantineLog([r for r in self.rows if r["modality"] in (None, modality)])
-
-
-def empty_errors_table() -> pa.Table:
-    return ERRORS_SCHEMA.empty_table()

@@ -17,7 +17,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -310,8 +310,3 @@ class Storage:
             shown = ("s3://" + where) if self.is_s3 else where
             raise StorageError(f"storage operation {str(getattr(fn, '__name__', fn)).lstrip('_')} failed on {shown}: "
                                f"{exc}") from exc
-
-
-def iter_batches(table: pa.Table, rows: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, rows):
-        yield table.slice(start, rows)
