@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from embedeval.engine.kmeans import assign_block_task, kmeans
+from embedeval.engine.kmeans import assign_block, kmeans
 from embedeval.engine.runner import LocalRunner, TileRunner
 
 BLOCK_SIZES = [10, 32, 97, 200]
@@ -94,9 +94,9 @@ def test_cluster_sum_states_merge_exactly_in_any_order(sizes: list[int], seed: i
     X = (rng.standard_normal((n, 5)) * 10.0 ** rng.integers(-6, 3, (n, 1))).astype(np.float32)
     C = rng.standard_normal((3, 5))
     edges = np.concatenate([[0], np.cumsum(sizes)])
-    parts = [assign_block_task(int(a), int(b), X, C, with_sums=True, scale_exp=30, tile_columns=2)
+    parts = [assign_block(X[int(a):int(b)], int(a), None, C=C, with_sums=True, scale_exp=30, tile_columns=2)
              for a, b in zip(edges[:-1], edges[1:])]
-    whole = assign_block_task(0, n, X, C, with_sums=True, scale_exp=30, tile_columns=2)
+    whole = assign_block(X, 0, None, C=C, with_sums=True, scale_exp=30, tile_columns=2)
     for order in (range(len(parts)), rng.permutation(len(parts))):
         sums = sum(parts[i].sums for i in order)
         counts = sum(parts[i].counts for i in order)

@@ -57,7 +57,7 @@ def fault_config(root: Path, manifest: Path, tag_categories: Path) -> dict[str, 
         "embed": {"batch_size": 4, "rows_per_file": 8, "modalities": ["image", "sketch"]},
         "score": {"corr_ks": [5, 10], "corr_anchors": 20, "fewshot_ns": [5], "fewshot_repeats": 2,
                   "bootstrap_resamples": 10, "map_cutoffs": [20], "precision_ks": [10],
-                  "spearman_max_pairs": 300, "block_size": 8},
+                  "spearman_max_pairs": 300, "block_size": 8, "block_rows": 8},
         "ray": {"num_cpus": 2},
     }
 
@@ -185,43 +185,47 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, log: Path, w
 
 def block_task_tracer(trace_dir: Path, hang_after: int | None = None,
                       hang_on_node: str | None = None) -> Callable[..., Any]:
-    """A stand-in for the engine's ``run_block_task`` that records every block task in ``trace_dir``.
+    """A stand-in for the engine's ``run_call`` (the body of every tile and block task) that records
+    every task in ``trace_dir``.
 
-    Each task leaves ``<task>@<start>.<node id>.<nonce>.done`` when it returns. With ``hang_after``: once
-    that many tasks are done, a task that starts (on node ``hang_on_node``, if given) leaves ``.hang``
-    instead and waits to be killed (10 minutes at most, then it goes on), so a test can kill the driver
-    or the node at a moment when a tile task is provably in flight. Results are the real task's.
+    Each task leaves ``<kernel>@<coordinates>.<node id>.<nonce>.done`` when it returns (coordinates: the
+    tile's query chunk and gallery block, or the block). With ``hang_after``: once that many tasks are
+    done, a task that starts (on node ``hang_on_node``, if given) leaves ``.hang`` instead and waits to be
+    killed (10 minutes at most, then it goes on), so a test can kill the driver or the node at a moment
+    when a tile task is provably in flight. Results are the real task's.
     """
     from embedeval.engine import runner as engine_runner
 
-    original = engine_runner.run_block_task
+    original = engine_runner.run_call
 
-    def traced_block_task(task: Callable[..., Any], start: int, stop: int, params: Any, measure_memory: bool,
-                          *arrays: Any) -> Any:
+    def traced_call(fn: Callable[..., Any], params: Any, measure_memory: bool, *call: Any) -> Any:
         import ray
 
         node = ray.get_runtime_context().get_node_id()
-        stem = f"{task.__name__}@{start}.{node}.{uuid.uuid4().hex[:8]}"
+        kernel = getattr(call[0], "__name__", "call") if call and callable(call[0]) else fn.__name__
+        coords = "-".join(str(getattr(a, "lo", a)) for a in call[1:] if isinstance(a, (int, np.integer))
+                          or hasattr(a, "lo"))
+        stem = f"{kernel}@{coords or 0}.{node}.{uuid.uuid4().hex[:8]}"
         if (hang_after is not None and hang_on_node in (None, node)
                 and len(list(trace_dir.glob("*.done"))) >= hang_after):
             (trace_dir / f"{stem}.hang").touch()
             give_up = time.monotonic() + 600
             while time.monotonic() < give_up:
                 time.sleep(0.2)
-        value = original(task, start, stop, params, measure_memory, *arrays)
+        value = original(fn, params, measure_memory, *call)
         (trace_dir / f"{stem}.done").touch()
         return value
 
-    return traced_block_task
+    return traced_call
 
 
 def install_block_task_tracer(traced: Callable[..., Any]) -> None:
-    """Make the engine's RayRunner submit ``traced`` for every block (call before scoring starts)."""
+    """Make the engine's RayRunner submit ``traced`` for every task (call before scoring starts)."""
     from embedeval.engine import runner as engine_runner
 
-    assert hasattr(engine_runner, "_REMOTE_TASK"), "the engine no longer builds its remote task lazily"
-    engine_runner.run_block_task = traced
-    engine_runner._REMOTE_TASK = None   # rebuilt from run_block_task on the next RayRunner._run
+    assert hasattr(engine_runner, "_REMOTE_CALL"), "the engine no longer builds its remote call lazily"
+    engine_runner.run_call = traced
+    engine_runner._REMOTE_CALL = None   # rebuilt from run_call on the next RayRunner.map_calls
 
 
 def traced_blocks(trace_dir: Path, state: str) -> list[tuple[str, str]]:

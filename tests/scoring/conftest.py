@@ -9,8 +9,12 @@ import pyarrow as pa
 import pytest
 
 from embedeval.engine.runner import LocalRunner
+from embedeval.engine.sources import ArrayBlocks
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, TaskContext
 from embedeval.scoring.settings import ScoreSettings
+
+
+TEST_BLOCK_ROWS = 23
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -30,8 +34,11 @@ def make_embeddings(ctx: TaskContext, modality: str, ids: list[str], vectors: np
     order = np.array(sorted(range(len(ids)), key=lambda i: (ids[i], subs[i])), dtype=np.int64)
     ids_a = np.asarray(ids, dtype=object)[order]
     subs_a = np.asarray(subs, dtype=np.int16)[order]
-    rows = np.array([ctx.catalogue.row_of[i] for i in ids_a], dtype=np.int64)
-    return ModalityEmbeddings(modality, ids_a, subs_a, rows, unit_rows(np.asarray(vectors)[order]).astype(np.float32))
+    rows = ctx.catalogue.rows_of(list(ids_a))
+    assert (rows >= 0).all(), "every test embedding id must be in the manifest"
+    unit = unit_rows(np.asarray(vectors)[order]).astype(np.float32)
+    # small blocks, so the tests exercise multi-block tiles and merges
+    return ModalityEmbeddings(modality, ArrayBlocks(unit, block_rows=TEST_BLOCK_ROWS), rows, subs_a)
 
 
 @pytest.fixture

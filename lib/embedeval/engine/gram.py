@@ -13,14 +13,18 @@ O(dE^2 + dE dT + dT^2 + chunk x (dE + dT)); no N x N matrix and no tile loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
+from embedeval.engine.runner import TileRunner
+from embedeval.engine.sources import BlockSource
 from embedeval.engine.sums import PearsonSums, pearson_from_sums
+from embedeval.engine.tiles import reduce_blocks
 from embedeval.engine.validate import as_row_indices, as_unit_pair
 
-__all__ = ["AnchorSums", "PearsonResult", "pearson_all_pairs_cosine", "pearson_from_sums",
-           "per_anchor_sums_cosine"]
+__all__ = ["AnchorSums", "GramStats", "PearsonResult", "all_pairs_from_stats", "anchor_sums_from_stats",
+           "gram_stats_blocks", "pearson_all_pairs_cosine", "pearson_from_sums", "per_anchor_sums_cosine"]
 
 _CHUNK_ROWS = 16384
 
@@ -66,7 +70,12 @@ class AnchorSums:
 
 
 @dataclass(frozen=True)
-class _GramStats:
+class GramStats:
+    """The mergeable state behind every Pearson of cosine similarities: sums and Gram matrices, float64.
+
+    Memory O(dE^2 + dE dT + dT^2), whatever N. ``merge`` adds two states of disjoint rows.
+    """
+
     n: int
     sum_e: np.ndarray  # (dE,)
     sum_t: np.ndarray  # (dT,)
@@ -75,26 +84,45 @@ class _GramStats:
     gram_tt: np.ndarray  # T'T (dT, dT)
     diag: PearsonSums  # sums of the i = j terms: x_ii = |e_i|^2, y_ii = |t_i|^2
 
+    @staticmethod
+    def of_rows(e: np.ndarray, t: Any) -> "GramStats":
+        """The state of rows e (b, dE) and their tag vectors t (b, dT; dense or scipy sparse)."""
+        e = np.asarray(e, dtype=np.float64)
+        t = np.asarray(t.toarray() if hasattr(t, "toarray") else t, dtype=np.float64)
+        return GramStats(e.shape[0], e.sum(axis=0), t.sum(axis=0), e.T @ e, e.T @ t, t.T @ t,
+                         PearsonSums.zeros().update(np.einsum("ij,ij->i", e, e), np.einsum("ij,ij->i", t, t)))
 
-def _gram_stats(E: np.ndarray, T: np.ndarray) -> _GramStats:
-    n, de = E.shape
-    dt = T.shape[1]
-    sum_e = np.zeros(de)
-    sum_t = np.zeros(dt)
-    gram_ee = np.zeros((de, de))
-    gram_et = np.zeros((de, dt))
-    gram_tt = np.zeros((dt, dt))
-    diag = PearsonSums.zeros()
-    for start in range(0, n, _CHUNK_ROWS):
-        e = np.asarray(E[start:start + _CHUNK_ROWS], dtype=np.float64)
-        t = np.asarray(T[start:start + _CHUNK_ROWS], dtype=np.float64)
-        sum_e += e.sum(axis=0)
-        sum_t += t.sum(axis=0)
-        gram_ee += e.T @ e
-        gram_et += e.T @ t
-        gram_tt += t.T @ t
-        diag = diag.update(np.einsum("ij,ij->i", e, e), np.einsum("ij,ij->i", t, t))
-    return _GramStats(n, sum_e, sum_t, gram_ee, gram_et, gram_tt, diag)
+    def merge(self, other: "GramStats | None") -> "GramStats":
+        if other is None:
+            return self
+        return GramStats(self.n + other.n, self.sum_e + other.sum_e, self.sum_t + other.sum_t,
+                         self.gram_ee + other.gram_ee, self.gram_et + other.gram_et, self.gram_tt + other.gram_tt,
+                         self.diag.merge(other.diag))
+
+
+def _merge_stats(a: GramStats | None, b: GramStats) -> GramStats:
+    return b if a is None else a.merge(b)
+
+
+def _gram_stats(E: np.ndarray, T: np.ndarray) -> GramStats:
+    state: GramStats | None = None
+    for start in range(0, E.shape[0], _CHUNK_ROWS):
+        state = _merge_stats(state, GramStats.of_rows(E[start:start + _CHUNK_ROWS], T[start:start + _CHUNK_ROWS]))
+    assert state is not None
+    return state
+
+
+def gram_block(e: np.ndarray, lo: int, t: Any) -> GramStats:
+    """Block kernel: the Gram state of one block of unit embeddings and its rows of tag vectors."""
+    return GramStats.of_rows(e, t)
+
+
+def gram_stats_blocks(E: BlockSource, t_blocks: list[Any], runner: TileRunner | None = None) -> GramStats:
+    """The Gram state of a whole source, one task per block; ``t_blocks[b]`` are block b's tag rows
+    (unit, dense or sparse). Merged in block order. Driver memory O((dE + dT)^2 + one block's tags)."""
+    if E.n == 0:
+        raise ValueError("no rows to correlate")
+    return reduce_blocks(gram_block, E, _merge_stats, None, per_block=t_blocks, runner=runner)
 
 
 def pearson_all_pairs_cosine(E: np.ndarray, T: np.ndarray) -> PearsonResult:
@@ -105,7 +133,11 @@ def pearson_all_pairs_cosine(E: np.ndarray, T: np.ndarray) -> PearsonResult:
     number of pairs and the float64 sums. Cost O(N (dE + dT)^2) time, O((dE + dT)^2) memory.
     """
     E, T = as_unit_pair(E, T)
-    g = _gram_stats(E, T)
+    return all_pairs_from_stats(_gram_stats(E, T))
+
+
+def all_pairs_from_stats(g: GramStats) -> PearsonResult:
+    """The all-pairs Pearson (pairs i < j) from a merged Gram state: O((dE + dT)^2)."""
     d = g.diag
     # Sums over ordered pairs with i != j, halved to unordered pairs i < j (x and y are symmetric).
     sums = PearsonSums(
@@ -126,14 +158,21 @@ def per_anchor_sums_cosine(E: np.ndarray, T: np.ndarray, anchors: np.ndarray | N
     allowed). Cost O(N (dE + dT)^2 + A (dE + dT)^2) time, O((dE + dT)^2 + A) memory.
     """
     E, T = as_unit_pair(E, T)
-    n = E.shape[0]
-    anchor_idx = as_row_indices("anchors", anchors, n)
-    g = _gram_stats(E, T)
-    out = {name: np.empty(anchor_idx.size) for name in ("sx", "sy", "sxx", "syy", "sxy")}
-    for start in range(0, anchor_idx.size, _CHUNK_ROWS):
-        rows = anchor_idx[start:start + _CHUNK_ROWS]
-        e = np.asarray(E[rows], dtype=np.float64)
-        t = np.asarray(T[rows], dtype=np.float64)
+    anchor_idx = as_row_indices("anchors", anchors, E.shape[0])
+    return anchor_sums_from_stats(_gram_stats(E, T), anchor_idx, lambda rows: (E[rows], T[rows]))
+
+
+def anchor_sums_from_stats(g: GramStats, anchors: np.ndarray, rows_of: Callable[[np.ndarray], tuple[Any, Any]]
+                           ) -> AnchorSums:
+    """Per-anchor sums from a merged Gram state; ``rows_of(idx)`` returns the anchors' (e, t) rows
+    (t dense or sparse). Memory O((dE + dT)^2 + chunk x (dE + dT))."""
+    n = g.n
+    out = {name: np.empty(anchors.size) for name in ("sx", "sy", "sxx", "syy", "sxy")}
+    for start in range(0, anchors.size, _CHUNK_ROWS):
+        rows = anchors[start:start + _CHUNK_ROWS]
+        e_rows, t_rows = rows_of(rows)
+        e = np.asarray(e_rows, dtype=np.float64)
+        t = np.asarray(t_rows.toarray() if hasattr(t_rows, "toarray") else t_rows, dtype=np.float64)
         xii = np.einsum("ij,ij->i", e, e)
         yii = np.einsum("ij,ij->i", t, t)
         part = slice(start, start + rows.size)
@@ -142,4 +181,4 @@ def per_anchor_sums_cosine(E: np.ndarray, T: np.ndarray, anchors: np.ndarray | N
         out["sxx"][part] = np.einsum("ij,ij->i", e @ g.gram_ee, e) - xii * xii
         out["syy"][part] = np.einsum("ij,ij->i", t @ g.gram_tt, t) - yii * yii
         out["sxy"][part] = np.einsum("ij,ij->i", e @ g.gram_et, t) - xii * yii
-    return AnchorSums(anchors=anchor_idx, n=np.full(anchor_idx.size, float(n - 1)), **out)
+    return AnchorSums(anchors=anchors, n=np.full(anchors.size, float(n - 1)), **out)

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
+from embedeval.engine.exact import gemm_error_bound
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE, TILE_COLUMNS
-from embedeval.engine.runner import Shared, TileRunner, default_runner
+from embedeval.engine.runner import TileRunner, default_runner
+from embedeval.engine.sources import ArrayBlocks, BlockSource
+from embedeval.engine.tiles import gather_rows, map_blocks_of, reduce_blocks
 from embedeval.engine.validate import as_matrix, check_block_size
 
 _CHUNK_ROWS = 65536
+# k-means++ seeds from at most this many rows of a block source (a seeded sample beyond).
+INIT_SAMPLE = 65536
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,10 @@ class _Assignment:
     sums: np.ndarray | None  # (k, d) int64 fixed point
 
 
-def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: int = 0,
+def kmeans(X: "np.ndarray | BlockSource", k: int, *, iters: int = 50, tol: float = 1e-6, seed: int = 0,
            init: Literal["k-means++", "k-means||"] | np.ndarray = "k-means++", block_size: int = DEFAULT_BLOCK_SIZE,
-           runner: TileRunner | None = None, oversampling: float | None = None, rounds: int = 5
-           ) -> KMeansResult:
+           runner: TileRunner | None = None, oversampling: float | None = None, rounds: int = 5,
+           init_sample: int = INIT_SAMPLE) -> KMeansResult:
     """Cluster the rows of X (N, d) into k clusters; deterministic for a seed whatever the block size.
 
     ``init``: "k-means++" (greedy D^2 sampling, sequential on the driver: O(N k d log k), fine up to
@@ -59,9 +64,18 @@ def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: i
     many points are nearest to them and reduced to k by weighted k-means++), or a (k, d) array of
     initial centroids. X is used as float32 (distances and centroids in float64). Returns float64
     centroids, int64 labels. Raises ``ValueError`` on NaN/Inf rows, k outside [1, N] or a bad ``init``.
+
+    X may be a ``BlockSource`` (the score stage's case): every pass is then one task per block, read
+    where the block is, and the driver holds O(N) labels and distances plus O(k d) state. k-means++
+    then seeds from a seeded sample of ``init_sample`` rows (all rows when N is at most that), the
+    only rows the driver gathers.
     """
-    X = as_matrix("X", X)
-    n, d = X.shape
+    if isinstance(X, BlockSource):
+        source, X_arr = X, None
+    else:
+        X_arr = as_matrix("X", X)
+        source = ArrayBlocks(X_arr, check_block_size(block_size))
+    n, d = source.n, source.dim
     if not 1 <= int(k) <= n:
         raise ValueError(f"k must be between 1 and the number of points ({n}); got {k}")
     if iters < 1:
@@ -70,22 +84,29 @@ def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: i
     block_size = check_block_size(block_size)
     runner = runner or default_runner()
     rng = np.random.default_rng(seed)
-    x_shared = runner.put(X)
-    scale_exp = _fixed_point_exponent(n, float(np.abs(X).max()))
-    assign = _Assigner(runner, x_shared, n, block_size, scale_exp)
+    source = runner.place(source)
+    scale_exp = _fixed_point_exponent(n, reduce_blocks(_max_abs_block, source, max, 0.0, runner=runner))
+    assign = _Assigner(runner, source, n, block_size, scale_exp)
+
+    def rows(idx: np.ndarray) -> np.ndarray:
+        return X_arr[idx] if X_arr is not None else gather_rows(source, idx, runner)
 
     if isinstance(init, np.ndarray):
         centroids = as_matrix("init", init, dtype=np.float64)
         if centroids.shape != (k, d):
             raise ValueError(f"init centroids must have shape ({k}, {d}); got {centroids.shape}")
     elif init == "k-means++":
-        centroids = X[_kmeans_pp_indices(X, k, rng)].astype(np.float64)
+        if X_arr is not None or n <= init_sample:
+            pool = X_arr if X_arr is not None else rows(np.arange(n))
+        else:
+            pool = rows(np.sort(rng.choice(n, size=init_sample, replace=False)))
+        centroids = pool[_kmeans_pp_indices(pool, k, rng)].astype(np.float64)
     elif init == "k-means||":
-        centroids = _kmeans_parallel_init(X, k, rng, assign, oversampling or 2.0 * k, rounds)
+        centroids = _kmeans_parallel_init(n, rows, k, rng, assign, oversampling or 2.0 * k, rounds)
     else:
         raise ValueError(f"init must be 'k-means++', 'k-means||' or a (k, d) array; got {init!r}")
 
-    tol_abs = tol * float(np.mean(_column_variance(X)))
+    tol_abs = tol * float(np.mean(_column_variance(source, runner)))
     n_reseeded = 0
     n_iter = 0
     for n_iter in range(1, iters + 1):
@@ -97,7 +118,7 @@ def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: i
         empty = np.flatnonzero(~filled)
         if empty.size:
             farthest = np.lexsort((np.arange(n), -a.min_sqdist))[:empty.size]
-            new[empty] = X[farthest]
+            new[empty] = rows(farthest)
             n_reseeded += empty.size
         shift = float(np.sum((new - centroids) ** 2))
         centroids = new
@@ -111,9 +132,9 @@ def kmeans(X: np.ndarray, k: int, *, iters: int = 50, tol: float = 1e-6, seed: i
 class _Assigner:
     """Runs one assignment pass of block tasks and assembles the result in row order."""
 
-    def __init__(self, runner: TileRunner, x: Shared, n: int, block_size: int, scale_exp: int) -> None:
+    def __init__(self, runner: TileRunner, source: BlockSource, n: int, block_size: int, scale_exp: int) -> None:
         self.runner = runner
-        self.x = x
+        self.source = source
         self.n = n
         self.block_size = block_size
         self.scale_exp = scale_exp
@@ -126,22 +147,21 @@ class _Assigner:
         sums = np.zeros((k, d), dtype=np.int64) if with_sums else None
         params = {"with_sums": with_sums, "scale_exp": self.scale_exp,
                   "tile_columns": min(self.block_size, TILE_COLUMNS)}
-        for res in self.runner.map_blocks(assign_block_task, self.n, self.block_size,
-                                          [self.x, np.ascontiguousarray(centroids, dtype=np.float64)], params):
-            part = res.value
-            labels[res.start:res.stop] = part.labels
-            min_sqdist[res.start:res.stop] = part.min_sqdist
+        params["C"] = np.ascontiguousarray(centroids, dtype=np.float64)
+        for lo, hi, part in map_blocks_of(assign_block, self.source, params=params, runner=self.runner):
+            labels[lo:hi] = part.labels
+            min_sqdist[lo:hi] = part.min_sqdist
             if with_sums:
                 counts += part.counts  # integer addition: exact in any order
                 sums += part.sums
         return _Assignment(labels, min_sqdist, counts, sums)
 
 
-def assign_block_task(start: int, stop: int, X: np.ndarray, C: np.ndarray, *, with_sums: bool,
-                      scale_exp: int, tile_columns: int) -> _Assignment:
-    """Block task: nearest centroid of rows ``start:stop`` and, optionally, fixed-point cluster sums."""
-    x = np.asarray(X[start:stop], dtype=np.float64)
-    labels, min_sqdist = nearest_centroids(x, C, tile_columns)
+def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sums: bool, scale_exp: int,
+                 tile_columns: int) -> _Assignment:
+    """Block kernel: nearest centroid of the block's rows and, optionally, fixed-point cluster sums."""
+    x = np.asarray(block, dtype=np.float64)
+    labels, min_sqdist = nearest_centroids(block, C, tile_columns)
     if not with_sums:
         return _Assignment(labels, min_sqdist, None, None)
     k, d = C.shape
@@ -156,22 +176,39 @@ def assign_block_task(start: int, stop: int, X: np.ndarray, C: np.ndarray, *, wi
 
 
 def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, squared distances) of rows x (float64) to centroids C, streaming C in tiles.
+    """(labels, squared distances) of rows x to centroids C (float64), exactly.
 
-    Ties go to the lower centroid index. Distances are clamped at 0 (the expansion can round below).
+    A float32 GEMM ranks the centroids (|c|^2 - 2 x.c, in column tiles); a centroid within the GEMM's
+    rigorous error bound of the best is a candidate, and candidates are decided by the direct float64
+    distance sum((x - c)^2) (ties: lower centroid index). Distances returned are those direct values, so
+    labels and distances are the same bits whatever block a row came in. Memory O(b x k + b x d).
     """
-    xx = np.einsum("ij,ij->i", x, x)
-    best = np.full(x.shape[0], np.inf)
-    labels = np.zeros(x.shape[0], dtype=np.int64)
+    b, d = x.shape
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    x64 = np.asarray(x, dtype=np.float64)
+    cc = np.einsum("ij,ij->i", C, C)
+    approx = np.empty((b, C.shape[0]))
     for c0 in range(0, C.shape[0], tile_columns):
-        c = C[c0:c0 + tile_columns]
-        dist = (xx[:, None] - 2.0 * (x @ c.T)) + np.einsum("ij,ij->i", c, c)[None, :]
-        arg = np.argmin(dist, axis=1)
-        val = dist[np.arange(x.shape[0]), arg]
-        better = val < best
-        best[better] = val[better]
-        labels[better] = arg[better] + c0
-    return labels, np.maximum(best, 0.0)
+        c1 = min(C.shape[0], c0 + tile_columns)
+        approx[:, c0:c1] = cc[None, c0:c1] - 2.0 * (x32 @ C[c0:c1].astype(np.float32).T)
+    labels = np.argmin(approx, axis=1)
+    best = approx[np.arange(b), labels]
+    eps = 2.0 * gemm_error_bound(d, np.float32) * np.sqrt(np.einsum("ij,ij->i", x64, x64)) * np.sqrt(cc.max())
+    near = approx <= (best + 2.0 * eps + 1e-300)[:, None]
+    unsure = np.flatnonzero(near.sum(axis=1) > 1)
+    if unsure.size:
+        rows, cols = np.nonzero(near[unsure])
+        exact = _direct_sqdist(x64[unsure[rows]], C[cols])
+        order = np.lexsort((cols, exact, rows))
+        first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+        labels[unsure[rows[first]]] = cols[first]
+    return labels.astype(np.int64), _direct_sqdist(x64, C[labels])
+
+
+def _direct_sqdist(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Row-wise sum((a - c)^2) in float64: one contiguous pairwise sum per row (the same bits in any batch)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(c, dtype=np.float64)
+    return np.square(diff, out=diff).sum(axis=1)
 
 
 def _fixed_point_exponent(n: int, max_abs: float) -> int:
@@ -182,25 +219,35 @@ def _fixed_point_exponent(n: int, max_abs: float) -> int:
     return int(head)
 
 
-def _column_variance(X: np.ndarray) -> np.ndarray:
-    n = X.shape[0]
-    s = np.zeros(X.shape[1])
-    for start in range(0, n, _CHUNK_ROWS):
-        s += np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64).sum(axis=0)
-    mean = s / n
-    ss = np.zeros(X.shape[1])
-    for start in range(0, n, _CHUNK_ROWS):
-        ss += ((np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64) - mean) ** 2).sum(axis=0)
-    return ss / n
+def _max_abs_block(block: np.ndarray, lo: int, _: None) -> float:
+    return float(np.abs(block).max()) if block.size else 0.0
 
 
-def _sqdist_to(X: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared euclidean distances of every row of X to one point c, computed directly (no expansion)."""
-    out = np.empty(X.shape[0])
+def _sum_block(block: np.ndarray, lo: int, _: None) -> np.ndarray:
+    return np.asarray(block, dtype=np.float64).sum(axis=0)
+
+
+def _sq_dev_block(block: np.ndarray, lo: int, _: None, *, mean: np.ndarray) -> np.ndarray:
+    return ((np.asarray(block, dtype=np.float64) - mean) ** 2).sum(axis=0)
+
+
+def _column_variance(source: BlockSource, runner: TileRunner) -> np.ndarray:
+    """Per-dimension variance in two passes over the blocks (mean, then squared deviations)."""
+    zero = np.zeros(source.dim)
+    mean = reduce_blocks(_sum_block, source, np.add, zero, runner=runner) / source.n
+    return reduce_blocks(_sq_dev_block, source, np.add, zero, params={"mean": mean}, runner=runner) / source.n
+
+
+def _sqdist_many(X: np.ndarray, xx: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """(n, m) squared distances of the rows of X to the points C by the expansion (float32 GEMM, float64
+    sums, clamped at 0): accurate enough to sample by, one GEMM per batch of candidates."""
+    c = np.asarray(C, dtype=np.float32)
+    cc = np.einsum("ij,ij->i", c.astype(np.float64), c.astype(np.float64))
+    out = np.empty((X.shape[0], c.shape[0]))
     for start in range(0, X.shape[0], _CHUNK_ROWS):
-        diff = np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float64) - c
-        out[start:start + _CHUNK_ROWS] = np.einsum("ij,ij->i", diff, diff)
-    return out
+        dots = np.asarray(X[start:start + _CHUNK_ROWS], dtype=np.float32) @ c.T
+        out[start:start + _CHUNK_ROWS] = xx[start:start + _CHUNK_ROWS, None] + cc[None, :] - 2.0 * dots
+    return np.maximum(out, 0.0)
 
 
 def _kmeans_pp_indices(X: np.ndarray, k: int, rng: np.random.Generator, weights: np.ndarray | None = None,
@@ -209,47 +256,46 @@ def _kmeans_pp_indices(X: np.ndarray, k: int, rng: np.random.Generator, weights:
 
     Arthur & Vassilvitskii's k-means++ with scikit-learn's greedy refinement: each step draws
     2 + ln(k) candidates with probability proportional to weight x D^2 and keeps the one that lowers
-    the weighted potential most. O(n k d log k) time, O(n) memory. When every remaining point coincides
-    with a chosen one (all D^2 = 0), the next is drawn uniformly among the points not chosen yet.
+    the weighted potential most (the candidates' distances in one GEMM). O(n k d log k) time, O(n log k)
+    memory. When every remaining point coincides with a chosen one (all D^2 = 0), the next is drawn
+    uniformly among the points not chosen yet.
     """
     n = X.shape[0]
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     trials = 2 + int(np.log(k))
+    X32 = np.asarray(X, dtype=np.float32)
+    xx = np.einsum("ij,ij->i", X32.astype(np.float64), X32.astype(np.float64)) if n else np.zeros(0)
     if initial is not None and len(initial):
         chosen = [int(i) for i in initial]
     elif weights is None:
         chosen = [int(rng.integers(n))]
     else:
         chosen = [int(rng.choice(n, p=w / w.sum()))]
-    d2 = np.full(n, np.inf)
-    for c in chosen:
-        d2 = np.minimum(d2, _sqdist_to(X, X[c].astype(np.float64)))
+    d2 = _sqdist_many(X32, xx, X32[chosen]).min(axis=1)
     while len(chosen) < k:
         mass = np.cumsum(w * d2)
         if mass[-1] <= 0:
             free = np.setdiff1d(np.arange(n), chosen)
             nxt = int(free[rng.integers(free.size)])
             chosen.append(nxt)
-            d2 = np.minimum(d2, _sqdist_to(X, X[nxt].astype(np.float64)))
+            d2 = np.minimum(d2, _sqdist_many(X32, xx, X32[[nxt]])[:, 0])
             continue
         picks = np.minimum(np.searchsorted(mass, rng.random(trials) * mass[-1], side="right"), n - 1)
-        best_d2, best_pot, best = d2, np.inf, -1
-        for cand in picks:  # keep the candidate that lowers the potential most (first on ties)
-            cand_d2 = np.minimum(d2, _sqdist_to(X, X[cand].astype(np.float64)))
-            pot = float(np.sum(w * cand_d2))
-            if pot < best_pot:
-                best_d2, best_pot, best = cand_d2, pot, int(cand)
-        chosen.append(best)
-        d2 = best_d2
+        cand = np.minimum(d2[:, None], _sqdist_many(X32, xx, X32[picks]))
+        potentials = w @ cand
+        best = int(np.argmin(potentials))  # first on ties
+        chosen.append(int(picks[best]))
+        d2 = cand[:, best]
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _kmeans_parallel_init(X: np.ndarray, k: int, rng: np.random.Generator, assign: _Assigner,
-                          oversampling: float, rounds: int) -> np.ndarray:
-    """k-means|| seeding: oversample by D^2 in ``rounds`` distributed passes, then reduce to k."""
-    n = X.shape[0]
+def _kmeans_parallel_init(n: int, rows: Callable[[np.ndarray], np.ndarray], k: int, rng: np.random.Generator,
+                          assign: _Assigner, oversampling: float, rounds: int) -> np.ndarray:
+    """k-means|| seeding: oversample by D^2 in ``rounds`` distributed passes, then reduce to k.
+
+    Only the candidates' rows are gathered (``rows``); the passes run where the blocks are."""
     chosen = np.array([int(rng.integers(n))], dtype=np.int64)
-    d2 = assign(X[chosen].astype(np.float64), with_sums=False).min_sqdist
+    d2 = assign(rows(chosen).astype(np.float64), with_sums=False).min_sqdist
     for _ in range(rounds):
         phi = float(np.sum(d2))
         if phi <= 0:
@@ -259,9 +305,10 @@ def _kmeans_parallel_init(X: np.ndarray, k: int, rng: np.random.Generator, assig
         if pick.size == 0:
             continue
         chosen = np.concatenate([chosen, pick])
-        d2 = np.minimum(d2, assign(X[pick].astype(np.float64), with_sums=False).min_sqdist)
+        d2 = np.minimum(d2, assign(rows(pick).astype(np.float64), with_sums=False).min_sqdist)
     if chosen.size <= k:  # too few distinct candidates: complete with D^2 sampling over all points
+        X = rows(np.arange(n))
         return X[_kmeans_pp_indices(X, k, rng, initial=chosen)].astype(np.float64)
-    candidates = X[chosen].astype(np.float64)
+    candidates = rows(chosen).astype(np.float64)
     weights = np.bincount(assign(candidates, with_sums=False).labels, minlength=chosen.size).astype(np.float64)
     return candidates[_kmeans_pp_indices(candidates, k, rng, weights)]

@@ -13,9 +13,11 @@ import numpy as np
 
 from embedeval.engine.exact import (canonical_scores, canonical_scores_grid, gemm_error_bound, max_row_norm,
                                    row_norms)
-from embedeval.engine.runner import TileRunner, default_runner
+from embedeval.engine.runner import TileRunner
+from embedeval.engine.sources import ArrayBlocks, BlockSource
 from embedeval.engine.sums import pearson_from_sums
-from embedeval.engine.topk import TopK, update_with_tile
+from embedeval.engine.tiles import QueryChunk, tile_reduce
+from embedeval.engine.topk import EMPTY, TopK, merge_topk, update_with_tile
 from embedeval.engine.validate import as_query_gallery, as_row_indices, as_unit_pair, check_block_size
 
 DEFAULT_BLOCK_SIZE = 4096
@@ -41,18 +43,23 @@ def exact_topk(Q: np.ndarray, G: np.ndarray, k: int, *, exclude_self: bool = Fal
 
     Order: canonical score (the float64 inner product of the input rows, ``engine.exact``) descending,
     equal scores by lower gallery index, so the result is the same bits for any block size, thread
-    count or runner. Tiles are float32 GEMMs; the k + ``TIE_MARGIN`` best by GEMM are rescored
-    canonically, and a row whose k-th score is not separated from the rest by the GEMM error bound is
-    rescanned exactly. Memory per task O(B x min(B, TILE_COLUMNS) + B x d); ``runner`` defaults to
-    Ray when initialised, else in-process. Raises ``ValueError`` on NaN/Inf rows, dimension mismatch or
-    k < 1.
+    count or runner. Runs on the 2-D tile driver (``topk_search``). Raises ``ValueError`` on NaN/Inf
+    rows, dimension mismatch or k < 1.
     """
     Q, G = as_query_gallery(Q, G)
     if exclude_self and Q.shape != G.shape:
         raise ValueError(f"exclude_self needs Q to be G; got shapes {Q.shape} and {G.shape}")
+    block_size = check_block_size(block_size)
     exclude = np.arange(Q.shape[0], dtype=np.int64) if exclude_self else None
-    top = _run_topk(Q, G, k, exclude, block_size, runner)
-    return top.scores, top.indices
+    q_src = ArrayBlocks(Q, gallery_block_rows(block_size))
+    g_src = q_src if G is Q else ArrayBlocks(G, gallery_block_rows(block_size))
+    top = topk_search(q_src, g_src, k, exclude=exclude, chunk_rows=block_size, runner=runner)
+    return top.scores.astype(np.float32), top.indices
+
+
+def gallery_block_rows(block_size: int) -> int:
+    """Rows per gallery block when an in-memory matrix is cut for the tile driver."""
+    return 4 * check_block_size(block_size)
 
 
 def _clamp_k(k: int, n_gallery: int, excluding: bool) -> int:
@@ -61,34 +68,68 @@ def _clamp_k(k: int, n_gallery: int, excluding: bool) -> int:
     return min(int(k), n_gallery - (1 if excluding else 0))
 
 
-def _run_topk(Q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray | None, block_size: int,
-              runner: TileRunner | None) -> TopK:
-    block_size = check_block_size(block_size)
-    k_eff = _clamp_k(k, G.shape[0], exclude is not None)
-    nq = Q.shape[0]
-    out = TopK.empty(nq, max(k_eff, 0))
+def topk_search(queries: BlockSource, gallery: BlockSource, k: int, *, exclude: np.ndarray | None = None,
+                chunk_rows: int = DEFAULT_BLOCK_SIZE, runner: TileRunner | None = None) -> TopK:
+    """Exact top-k of every query row over the gallery, on (query chunk x gallery block) tiles.
+
+    ``exclude[i]`` (>= 0) is a gallery row query i may not return (itself, in a self-search). Scores in
+    the result are canonical float64 (``engine.exact``); order score descending, then gallery index.
+    Each tile returns the exact top-k of its gallery block; per-chunk states merge exactly
+    (``topk.merge_topk``), so the result does not depend on block sizes, tile order or runner.
+    Memory: driver O(nq x k); task O(chunk x d + block x d + chunk x TILE_COLUMNS).
+    """
+    nq = queries.n
+    if exclude is not None and np.asarray(exclude).shape != (nq,):
+        raise ValueError(f"exclude must have one entry per query ({nq})")
+    k_eff = _clamp_k(k, gallery.n, exclude is not None)
+    out = TopK(np.full((nq, max(k_eff, 0)), -np.inf), np.full((nq, max(k_eff, 0)), EMPTY, dtype=np.int64))
     if k_eff <= 0 or nq == 0:
         return out
-    runner = runner or default_runner()
-    q_shared = runner.put(Q)
-    g_shared = q_shared if G is Q else runner.put(G)
-    ex = np.full(nq, -1, dtype=np.int64) if exclude is None else exclude
-    params = {"k": k_eff, "tile_columns": min(block_size, TILE_COLUMNS), "g_norm_max": max_row_norm(G)}
-    for res in runner.map_blocks(topk_block_task, nq, block_size, [q_shared, g_shared, ex], params):
-        out.scores[res.start:res.stop] = res.value.scores
-        out.indices[res.start:res.stop] = res.value.indices
+    ex = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+
+    def store(chunk: QueryChunk, state: TopK) -> None:
+        out.scores[chunk.lo:chunk.hi] = state.scores
+        out.indices[chunk.lo:chunk.hi] = state.indices
+
+    tile_reduce(topk_tile, queries, gallery, init=lambda c: TopK.empty_exact(c.hi - c.lo, k_eff),
+                merge=merge_topk, on_chunk=store, chunk_rows=chunk_rows,
+                params={"k": k_eff, "tile_columns": min(chunk_rows, TILE_COLUMNS)},
+                chunk_arg=None if ex is None else (lambda c: ex[c.lo:c.hi]), runner=runner)
     return out
 
 
-def topk_block_task(start: int, stop: int, Q: np.ndarray, G: np.ndarray, exclude: np.ndarray, *, k: int,
-                    tile_columns: int, g_norm_max: float) -> TopK:
-    """Block task: the top-k of query rows ``start:stop`` over all of G (``exclude[i]`` >= 0 is banned)."""
-    return topk_rows(Q[start:stop], G, k, exclude[start:stop], tile_columns, g_norm_max)
+def topk_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, exclude: np.ndarray | None, _: None, *, k: int,
+              tile_columns: int) -> TopK:
+    """Tile kernel: the exact top-k (canonical float64 scores, global indices) of ``q`` over block ``g``."""
+    b, w = q.shape[0], g.shape[0]
+    local = np.full(b, -1, dtype=np.int64)
+    if exclude is not None:
+        inside = (exclude >= g_lo) & (exclude < g_lo + w)
+        local[inside] = exclude[inside] - g_lo
+    available = w - (local >= 0)
+    if int(available.min()) <= k + TIE_MARGIN:
+        # A small block: score every pair canonically (also where k exceeds what the block holds).
+        grid = np.broadcast_to(np.arange(w, dtype=np.int64), (b, w))
+        canon = canonical_scores_grid(q, g, grid)
+        rows = np.flatnonzero(local >= 0)
+        canon[rows, local[rows]] = -np.inf
+        order = np.lexsort((grid, -canon), axis=1)[:, :k]
+        scores = np.take_along_axis(canon, order, axis=1)
+        idx = np.where(np.isfinite(scores), order + g_lo, EMPTY)
+        if scores.shape[1] < k:
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=EMPTY)
+        return TopK(scores, idx)
+    top = topk_rows(q, g, k, local, tile_columns, max_row_norm(g))
+    return TopK(top.scores, top.indices + g_lo)
 
 
 def topk_rows(q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray, tile_columns: int,
               g_norm_max: float) -> TopK:
-    """Exact top-k (canonical order) of the rows ``q`` over G; memory O(b x tile_columns + b x d)."""
+    """Exact top-k (canonical order, float64 canonical scores) of the rows ``q`` over G.
+
+    Memory O(b x tile_columns + b x d)."""
     available = G.shape[0] - (exclude >= 0)
     k_heap = int(min(k + TIE_MARGIN, available.min()))
     approx = _scan_topk(q, G, k_heap, exclude, tile_columns)
@@ -115,7 +156,7 @@ def topk_rows(q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray, tile_co
     if unsure.size:
         floor = top_scores[unsure, -1] - eps[unsure]
         top_scores[unsure], top_idx[unsure] = _rescan_exact(q[unsure], G, k, exclude[unsure], floor, tile_columns)
-    return TopK(top_scores.astype(np.float32), top_idx)
+    return TopK(top_scores, top_idx)
 
 
 def _scan_topk(q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray, tile_columns: int) -> TopK:
@@ -183,21 +224,31 @@ def per_anchor_knn_pearson(E: np.ndarray, T: np.ndarray, ks: list[int], *, ancho
     result = np.full((anchor_idx.size, len(ks)), np.nan)
     if kmax >= 1 and anchor_idx.size:
         block_size = check_block_size(block_size)
-        runner = runner or default_runner()
-        params = {"ks": k_eff, "kmax": kmax, "tile_columns": min(block_size, TILE_COLUMNS),
-                  "g_norm_max": max_row_norm(E)}
-        for res in runner.map_blocks(knn_pearson_block_task, anchor_idx.size, block_size,
-                                     [E, T, anchor_idx], params):
-            result[res.start:res.stop] = res.value
+        top = topk_search(ArrayBlocks(E[anchor_idx], block_size), ArrayBlocks(E, gallery_block_rows(block_size)),
+                          kmax, exclude=anchor_idx, chunk_rows=block_size, runner=runner)
+        y = np.empty(top.indices.shape)
+        step = max(1, _GATHER_ELEMENTS // max(1, kmax * T.shape[1]))
+        for s in range(0, anchor_idx.size, step):
+            nbr = top.indices[s:s + step]
+            y[s:s + step] = canonical_scores(T, T, np.repeat(anchor_idx[s:s + step], kmax),
+                                             nbr.ravel()).reshape(nbr.shape)
+        result = pearson_over_prefixes(top.scores, y, k_eff)
     return {k: result[:, j].copy() for j, k in enumerate(ks)}
 
 
-def knn_pearson_block_task(start: int, stop: int, E: np.ndarray, T: np.ndarray, anchors: np.ndarray, *,
-                           ks: list[int], kmax: int, tile_columns: int, g_norm_max: float) -> np.ndarray:
-    """Block task: (b, len(ks)) neighbourhood Pearson of anchors ``anchors[start:stop]``."""
-    rows = anchors[start:stop]
-    top = topk_rows(E[rows], E, kmax, rows, tile_columns, g_norm_max)
-    return neighbour_pearson(E, T, rows, top.indices, ks)
+def pearson_over_prefixes(x: np.ndarray, y: np.ndarray, ks: list[int]) -> np.ndarray:
+    """(A, len(ks)): per row, Pearson of x[:, :k] and y[:, :k] for each k (float64).
+
+    Values are shifted by the first column's before summing (Pearson is shift invariant), which keeps
+    the one-pass sums well conditioned.
+    """
+    x = np.asarray(x, dtype=np.float64) - np.asarray(x, dtype=np.float64)[:, :1]
+    y = np.asarray(y, dtype=np.float64) - np.asarray(y, dtype=np.float64)[:, :1]
+    cums = [np.cumsum(v, axis=1) for v in (x, y, x * x, y * y, x * y)]
+    out = np.empty((x.shape[0], len(ks)))
+    for j, k in enumerate(ks):
+        out[:, j] = pearson_from_sums(float(k), *(c[:, k - 1] for c in cums))
+    return out
 
 
 def per_anchor_random_pearson(E: np.ndarray, T: np.ndarray, k: int, seed: int, *,
@@ -245,9 +296,5 @@ def neighbour_pearson(E: np.ndarray, T: np.ndarray, anchors: np.ndarray, neighbo
         a_rows = np.repeat(anc, m)
         x = canonical_scores(E, E, a_rows, nbr.ravel()).reshape(nbr.shape)
         y = canonical_scores(T, T, a_rows, nbr.ravel()).reshape(nbr.shape)
-        x -= x[:, :1]
-        y -= y[:, :1]
-        cums = [np.cumsum(v, axis=1) for v in (x, y, x * x, y * y, x * y)]
-        for j, k in enumerate(ks):
-            out[start:start + step, j] = pearson_from_sums(float(k), *(c[:, k - 1] for c in cums))
+        out[start:start + step] = pearson_over_prefixes(x, y, ks)
     return out

@@ -16,6 +16,8 @@ from embedeval.engine.exact import canonical_scores
 from embedeval.engine.gram import PearsonResult
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE, TILE_COLUMNS
 from embedeval.engine.runner import TileRunner, default_runner, merge_in_block_order
+from embedeval.engine.sources import ArrayBlocks, BlockSource
+from embedeval.engine.tiles import QueryChunk, gather_rows, query_chunks, tile_reduce
 from embedeval.engine.sums import PearsonSums
 from embedeval.engine.validate import as_matrix, check_block_size, check_same_rows
 
@@ -109,19 +111,77 @@ def pair_values(E: np.ndarray, T: np.ndarray, i: np.ndarray, j: np.ndarray) -> t
 def all_pair_values(E: np.ndarray, T: np.ndarray, block_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """x and y for every pair i < j (row-major order), float64 GEMM tiles. Memory O(N^2) by nature: the
     caller bounds N (``metrics.correlation.spearman_all_pairs`` only asks for up to ``max_pairs``)."""
-    n = E.shape[0]
+    return upper_triangle_scores(E, block_size), upper_triangle_scores(T, block_size)
+
+
+def upper_triangle_scores(X: np.ndarray, block_size: int = 2048) -> np.ndarray:
+    """x_i . x_j for every pair i < j (row-major order), float64 GEMM tiles; memory O(N^2) by nature."""
+    n = X.shape[0]
     x = np.empty(n_pairs(n))
-    y = np.empty(n_pairs(n))
     pos = 0
     for start in range(0, n, block_size):
         stop = min(n, start + block_size)
-        e = np.asarray(E[start:stop], dtype=np.float64)
-        t = np.asarray(T[start:stop], dtype=np.float64)
-        xs = e @ np.asarray(E[start:], dtype=np.float64).T
-        ys = t @ np.asarray(T[start:], dtype=np.float64).T
+        xs = np.asarray(X[start:stop], dtype=np.float64) @ np.asarray(X[start:], dtype=np.float64).T
         for r in range(stop - start):
             length = n - (start + r) - 1
             x[pos:pos + length] = xs[r, r + 1:]
-            y[pos:pos + length] = ys[r, r + 1:]
             pos += length
-    return x, y
+    return x
+
+
+def canonical_pair_scores(source: BlockSource, i: np.ndarray, j: np.ndarray, *, runner: TileRunner | None = None
+                          ) -> np.ndarray:
+    """Canonical float64 inner products ``x[m] = s_i[m] . s_j[m]`` of rows of a block source.
+
+    The same bits as ``exact.canonical_scores`` on the whole matrix. When the distinct first rows are
+    few (anchors), they are gathered once and each block of second rows is one tile task; otherwise
+    tasks run on (block of i, block of j) tiles that hold a pair. Memory: driver O(pairs + distinct
+    first rows x d, at most ``_GATHER_FIRST_BYTES``), task O(2 blocks).
+    """
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    out = np.empty(i.size, dtype=np.float64)
+    if i.size == 0:
+        return out
+    rows_i, local_i = np.unique(i, return_inverse=True)
+    if rows_i.size * source.dim * 4 <= _GATHER_FIRST_BYTES:
+        # Few distinct first rows (anchors): gather them once, then one tile per block of second rows.
+        queries: BlockSource = ArrayBlocks(gather_rows(source, rows_i, runner), block_rows=max(1, rows_i.size))
+        first = local_i.astype(np.int64)
+    else:
+        queries, first = source, i
+    order = np.lexsort((j, first))
+    i_sorted, j_sorted = first[order], j[order]
+    offsets = source.offsets
+    chunk_rows = int(max(1, np.diff(queries.offsets).max()))
+    q_blocks = set((np.searchsorted(queries.offsets, i_sorted, side="right") - 1).tolist())
+
+    def chunk_pairs(chunk: QueryChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, z = np.searchsorted(i_sorted, [chunk.lo, chunk.hi])
+        return np.arange(a, z, dtype=np.int64), i_sorted[a:z] - chunk.lo, j_sorted[a:z]
+
+    def wanted(chunk: QueryChunk) -> list[int]:
+        _, _, jj = chunk_pairs(chunk)
+        return sorted(set((np.searchsorted(offsets, jj, side="right") - 1).tolist()))
+
+    def store(chunk: QueryChunk, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for at, values in parts:
+            out[order[at]] = values
+
+    chunks = [c for c in query_chunks(queries, chunk_rows) if c.block in q_blocks]
+    tile_reduce(pair_scores_tile, queries, source, init=lambda c: [], merge=lambda acc, part: acc + [part],
+                on_chunk=store, chunk_rows=chunk_rows, chunk_arg=chunk_pairs, wanted=wanted, chunks=chunks,
+                runner=runner)
+    return out
+
+
+# Distinct first rows gathered up front (rather than read block by block) up to this many bytes.
+_GATHER_FIRST_BYTES = 256 * 1024 * 1024
+
+
+def pair_scores_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int,
+                     arg: tuple[np.ndarray, np.ndarray, np.ndarray], _: None) -> tuple[np.ndarray, np.ndarray]:
+    """Tile kernel: canonical scores of the chunk's pairs whose second row lies in this gallery block."""
+    at, local_i, jj = arg
+    inside = (jj >= g_lo) & (jj < g_lo + g.shape[0])
+    return at[inside], canonical_scores(q, g, local_i[inside], jj[inside] - g_lo)

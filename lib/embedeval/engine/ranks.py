@@ -18,12 +18,15 @@ task O(B x W + B x d + B x R_max) (W tile width, R_max most positives of one que
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from embedeval.engine.exact import canonical_scores, gemm_error_bound, max_row_norm, row_norms
+from embedeval.engine.exact import _row_dots, canonical_scores, gemm_error_bound, max_row_norm, row_norms
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE
 from embedeval.engine.runner import TileRunner, default_runner
+from embedeval.engine.sources import ArrayBlocks, BlockSource
+from embedeval.engine.tiles import QueryChunk, query_chunks, tile_reduce
 from embedeval.engine.validate import as_query_gallery, check_block_size
 
 NO_POSITIVE = 0  # best_positive_rank of a query without any true match (ranks are otherwise >= 1)
@@ -35,6 +38,9 @@ _FLOAT64_TILES_ABOVE_MEAN_POSITIVES = 16
 # A query row with at least this many candidates in a tile searches its own thresholds in a Python loop
 # (fast per element); fewer go to one vectorised search over the whole block.
 _PER_ROW_SEARCH_ABOVE = 256
+# A chunk whose queries have up to this many positives counts candidates one by one; beyond, tile rows are
+# sorted and the thresholds searched in them (``_count_sorted``).
+_SORTED_COUNT_FROM_POSITIVES = 64
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,61 @@ class RankLists:
 
 
 @dataclass(frozen=True)
-class _PositiveSets:
-    """Positives of query i: ``pool[start[i]:stop[i]]`` (gallery indices), minus ``exclude[i]``."""
+class Relevance:
+    """Which gallery items are true matches of each query, in one of two forms.
 
-    pool: np.ndarray
-    start: np.ndarray
-    stop: np.ndarray
-    exclude: np.ndarray  # (nq,) gallery index banned from query i's gallery, -1 for none
+    - codes: query i's matches are the gallery items j with ``g_codes[j] == q_codes[i]`` (labels, or
+      item keys for caption retrieval); codes < 0 match nothing.
+    - pairs: explicit CSR lists ``indices[indptr[i]:indptr[i + 1]]`` (distinct gallery indices).
+
+    ``exclude[i]`` (>= 0) is a gallery item removed from query i's ranking (neither counted nor a match).
+    """
+
+    q_codes: np.ndarray | None = None
+    g_codes: np.ndarray | None = None
+    indptr: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    exclude: np.ndarray | None = None
+
+    def chunk_arg(self, lo: int, hi: int) -> tuple[Any, ...]:
+        ex = None if self.exclude is None else self.exclude[lo:hi]
+        if self.q_codes is not None:
+            return ("codes", self.q_codes[lo:hi], ex)
+        assert self.indptr is not None and self.indices is not None
+        counts = np.diff(self.indptr[lo:hi + 1])
+        rows = np.repeat(np.arange(hi - lo, dtype=np.int64), counts)
+        cols = self.indices[self.indptr[lo]:self.indptr[hi]]
+        order = np.argsort(cols, kind="stable")
+        return ("pairs", (rows[order], cols[order]), ex)
+
+    def block_args(self, gallery: BlockSource) -> list[Any] | None:
+        if self.g_codes is None:
+            return None
+        return [self.g_codes[gallery.block_range(b)[0]:gallery.block_range(b)[1]] for b in range(gallery.n_blocks)]
+
+    def positive_counts(self, lo: int, hi: int) -> np.ndarray:
+        """(hi - lo,) how many matches each query has (after the exclusion)."""
+        if self.indptr is not None:
+            counts = np.diff(self.indptr[lo:hi + 1]).astype(np.int64)
+            if self.exclude is not None:
+                ex = self.exclude[lo:hi]
+                for r in np.flatnonzero(ex >= 0):
+                    pos = self.indices[self.indptr[lo + r]:self.indptr[lo + r + 1]]
+                    counts[r] -= int(np.any(pos == ex[r]))
+            return counts
+        assert self.q_codes is not None and self.g_codes is not None
+        uniq, per = np.unique(self.g_codes[self.g_codes >= 0], return_counts=True)
+        q = self.q_codes[lo:hi]
+        at = np.searchsorted(uniq, q)
+        found = (q >= 0) & (at < uniq.size) & (uniq[np.minimum(at, max(uniq.size - 1, 0))] == q) if uniq.size \
+            else np.zeros(q.size, bool)
+        counts = np.zeros(q.size, dtype=np.int64)
+        counts[found] = per[at[found]]
+        if self.exclude is not None:
+            ex = self.exclude[lo:hi]
+            has = ex >= 0
+            counts[has] -= (self.g_codes[ex[has]] == q[has]) & (q[has] >= 0)
+        return counts
 
 
 def best_positive_rank(Q: np.ndarray, G: np.ndarray, positives_indptr: np.ndarray,
@@ -81,11 +135,14 @@ def best_positive_rank(Q: np.ndarray, G: np.ndarray, positives_indptr: np.ndarra
             or indptr[-1] != indices.size:
         raise ValueError(f"positives_indptr must be a non-decreasing ({Q.shape[0] + 1},) array from 0 to "
                          f"len(positives_indices) = {indices.size}")
-    sets = _PositiveSets(indices, indptr[:-1], indptr[1:], np.full(Q.shape[0], -1, dtype=np.int64))
-    _check_positive_sets(sets, G.shape[0])
-    out = np.zeros(Q.shape[0], dtype=np.int64)
-    for res in _run_rank_tasks(Q, G, sets, "best", block_size, runner):
-        out[res.start:res.stop] = res.value[1]
+    _check_positive_lists(indptr, indices, G.shape[0])
+    block_size = check_block_size(block_size)
+    q_src, g_src = _sources(Q, G, block_size)
+    lists = rank_positives(q_src, g_src, Relevance(indptr=indptr, indices=indices), best_only=True,
+                           chunk_rows=block_size, runner=runner)
+    out = np.full(Q.shape[0], NO_POSITIVE, dtype=np.int64)
+    has = lists.n_relevant > 0
+    out[has] = lists.ranks
     return out
 
 
@@ -110,99 +167,277 @@ def positive_ranks(Q: np.ndarray, G: np.ndarray, q_labels: np.ndarray, g_labels:
         raise ValueError("exclude_same_index needs Q and G to be the same items (equal row counts); "
                          f"got {Q.shape[0]} and {G.shape[0]}")
     _, codes = np.unique(np.concatenate([q_lab, g_lab]), return_inverse=True)
-    q_codes = codes[:Q.shape[0]].astype(np.int64)
-    g_codes = codes[Q.shape[0]:].astype(np.int64)
-    pool = np.argsort(g_codes, kind="stable")
-    per_code = np.bincount(g_codes, minlength=int(codes.max()) + 1 if codes.size else 0)
-    code_start = np.concatenate([[0], np.cumsum(per_code)[:-1]]).astype(np.int64)
-    start = code_start[q_codes]
-    stop = start + per_code[q_codes]
-    exclude = np.arange(Q.shape[0], dtype=np.int64) if exclude_same_index else np.full(Q.shape[0], -1, np.int64)
-    sets = _PositiveSets(pool, start, stop, exclude)
-
-    lengths = stop - start
-    if exclude_same_index:
-        lengths = lengths - (g_codes[np.arange(Q.shape[0])] == q_codes)
-    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ranks = np.empty(int(indptr[-1]), dtype=np.int64)
-    for res in _run_rank_tasks(Q, G, sets, "all", block_size, runner):
-        ranks[indptr[res.start]:indptr[res.stop]] = res.value[1]
-    return RankLists(indptr=indptr, ranks=ranks)
+    relevance = Relevance(q_codes=codes[:Q.shape[0]].astype(np.int64), g_codes=codes[Q.shape[0]:].astype(np.int64),
+                          exclude=np.arange(Q.shape[0], dtype=np.int64) if exclude_same_index else None)
+    block_size = check_block_size(block_size)
+    q_src, g_src = _sources(Q, G, block_size)
+    return rank_positives(q_src, g_src, relevance, best_only=False, chunk_rows=block_size, runner=runner)
 
 
-def _check_positive_sets(sets: _PositiveSets, n_gallery: int) -> None:
-    pool = sets.pool
-    if pool.size and (pool.min() < 0 or pool.max() >= n_gallery):
+def _sources(Q: np.ndarray, G: np.ndarray, block_size: int) -> tuple[BlockSource, BlockSource]:
+    g_rows = 4 * block_size
+    q_src = ArrayBlocks(Q, g_rows)
+    return q_src, (q_src if G is Q else ArrayBlocks(G, g_rows))
+
+
+def _check_positive_lists(indptr: np.ndarray, indices: np.ndarray, n_gallery: int) -> None:
+    if indices.size and (indices.min() < 0 or indices.max() >= n_gallery):
         raise ValueError(f"positives_indices must lie in [0, {n_gallery}); got values from "
-                         f"{pool.min()} to {pool.max()}")
-    rows = np.repeat(np.arange(sets.start.size), sets.stop - sets.start)
-    order = np.lexsort((pool, rows))
-    dup = (rows[order][1:] == rows[order][:-1]) & (pool[order][1:] == pool[order][:-1])
+                         f"{indices.min()} to {indices.max()}")
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    order = np.lexsort((indices, rows))
+    dup = (rows[order][1:] == rows[order][:-1]) & (indices[order][1:] == indices[order][:-1])
     if dup.any():
         raise ValueError(f"positives_indices repeat a gallery item within a query ({int(dup.sum())} time(s), "
                          f"first for query {int(rows[order][1:][dup][0])}); list each true match once")
 
 
-def _run_rank_tasks(Q: np.ndarray, G: np.ndarray, sets: _PositiveSets, mode: str, block_size: int,
-                    runner: TileRunner | None):  # noqa: ANN202 - an iterator of BlockResult
-    block_size = check_block_size(block_size)
-    nq = Q.shape[0]
-    mean_positives = float(np.mean(sets.stop - sets.start)) if nq else 0.0
-    tile_dtype = "float64" if mode == "all" and mean_positives > _FLOAT64_TILES_ABOVE_MEAN_POSITIVES else "float32"
-    g_norm_max = max_row_norm(G)
-    params = {"mode": mode, "tile_columns": min(block_size, RANK_TILE_COLUMNS), "tile_dtype": tile_dtype,
-              "g_norm_max": g_norm_max}
-    runner = runner or default_runner()
-    q_shared = runner.put(Q)
-    g_shared = q_shared if G is Q else runner.put(G)
-    arrays = [q_shared, g_shared, sets.pool, sets.start, sets.stop, sets.exclude]
-    return runner.map_blocks(rank_block_task, nq, block_size, arrays, params)
+# Thresholds held on the driver at once (a group of query chunks is ranked fully before the next).
+_THRESHOLDS_PER_GROUP = 4_000_000
 
 
-def rank_block_task(start: int, stop: int, Q: np.ndarray, G: np.ndarray, pool: np.ndarray,
-                    pos_start: np.ndarray, pos_stop: np.ndarray, exclude: np.ndarray, *, mode: str,
-                    tile_columns: int, tile_dtype: str, g_norm_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Block task for queries ``start:stop``: returns (lengths (b,), ranks).
+def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Relevance, *, best_only: bool,
+                   chunk_rows: int = DEFAULT_BLOCK_SIZE, runner: TileRunner | None = None) -> RankLists:
+    """Exact ranks of every query's true matches (or only its best one) over the whole gallery.
 
-    mode "best": ranks (b,) of the best positive (``NO_POSITIVE`` when none). mode "all": the ranks of
-    all positives, concatenated per query in ascending order.
+    Two passes of the tile driver per group of query chunks: (1) each tile scores the chunk's positives
+    that lie in its gallery block (canonical float64), the driver sorts them into thresholds; (2) each
+    tile counts, per query, how many of its block's items beat each threshold (integer states, merged
+    by addition). Groups keep at most ``_THRESHOLDS_PER_GROUP`` thresholds on the driver. Memory: driver
+    O(queries + thresholds of a group); task O(chunk x d + block x d + chunk x RANK_TILE_COLUMNS).
+    ``best_only``: one rank per query that has a match (``RankLists`` with lengths 0/1).
     """
-    b = stop - start
-    thr = _Thresholds.build(Q, G, pool, pos_start[start:stop], pos_stop[start:stop], exclude[start:stop],
-                            start, best_only=(mode == "best"))
+    chunk_rows = check_block_size(chunk_rows)
+    nq = queries.n
+    counts = relevance.positive_counts(0, nq) if nq else np.zeros(0, np.int64)
+    lengths = np.minimum(counts, 1) if best_only else counts
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ranks = np.empty(int(indptr[-1]), dtype=np.int64)
+    if nq == 0 or not indptr[-1]:
+        return RankLists(indptr=indptr, ranks=ranks)
+    runner = runner or default_runner()
+    q_src = runner.place(queries)
+    g_src = q_src if gallery is queries else runner.place(gallery)
+    block_args = relevance.block_args(g_src)
+    placed_block_args = None if block_args is None else block_args
+    mean_positives = float(counts.mean())
+    tile_dtype = "float64" if not best_only and mean_positives > _FLOAT64_TILES_ABOVE_MEAN_POSITIVES else "float32"
+    tile_columns = min(chunk_rows, RANK_TILE_COLUMNS)
+    chunks = query_chunks(q_src, chunk_rows)
+    wanted = _blocks_with_positives(relevance, g_src) if relevance.indptr is not None else None
+
+    group: list[QueryChunk] = []
+    load = 0
+    groups: list[list[QueryChunk]] = []
+    for chunk in chunks:
+        size = int(counts[chunk.lo:chunk.hi].sum())
+        if group and load + size > _THRESHOLDS_PER_GROUP:
+            groups.append(group)
+            group, load = [], 0
+        group.append(chunk)
+        load += size
+    if group:
+        groups.append(group)
+
+    for group in groups:
+        found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+        def keep_scores(chunk: QueryChunk, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+            found[chunk.lo] = parts
+
+        tile_reduce(positive_scores_tile, q_src, g_src, init=lambda c: [], merge=lambda acc, part: acc + [part],
+                    on_chunk=keep_scores, chunk_rows=chunk_rows, chunk_arg=lambda c: relevance.chunk_arg(c.lo, c.hi),
+                    wanted=wanted, block_args=placed_block_args, chunks=group, runner=runner)
+        thresholds = {c.lo: _Thresholds.build(c.hi - c.lo, found.pop(c.lo), best_only) for c in group}
+
+        def keep_ranks(chunk: QueryChunk, state: tuple[np.ndarray, np.ndarray]) -> None:
+            thr = thresholds.pop(chunk.lo)
+            got = thr.ranks(*state)
+            if not np.array_equal(thr.lengths, lengths[chunk.lo:chunk.hi]):
+                raise RuntimeError("rank tiles disagree with the relevance counts (a gallery block changed?)")
+            ranks[indptr[chunk.lo]:indptr[chunk.hi]] = got
+
+        def count_arg(c: QueryChunk) -> tuple[Any, ...]:
+            ex = None if relevance.exclude is None else relevance.exclude[c.lo:c.hi]
+            return thresholds[c.lo], ex
+
+        tile_reduce(rank_count_tile, q_src, g_src,
+                    init=lambda c: (np.zeros(c.hi - c.lo, np.int64), np.zeros(thresholds[c.lo].n_bins, np.int64)),
+                    merge=lambda a, b: (a[0] + b[0], a[1] + b[1]), on_chunk=keep_ranks, chunk_rows=chunk_rows,
+                    chunk_arg=count_arg, params={"tile_dtype": tile_dtype, "tile_columns": tile_columns},
+                    chunks=group, runner=runner)
+    return RankLists(indptr=indptr, ranks=ranks)
+
+
+def _blocks_with_positives(relevance: Relevance, gallery: BlockSource) -> Any:
+    """For explicit positive lists: per chunk, only the gallery blocks that hold one of its positives
+    take part in the scoring pass (the counting pass needs every block)."""
+    assert relevance.indptr is not None and relevance.indices is not None
+
+    def wanted(chunk: QueryChunk) -> list[int]:
+        cols = relevance.indices[relevance.indptr[chunk.lo]:relevance.indptr[chunk.hi]]
+        return sorted(set((np.searchsorted(gallery.offsets, cols, side="right") - 1).tolist()))
+
+    return wanted
+
+
+def positive_scores_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tuple[Any, ...],
+                         g_codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile kernel, pass 1: (query row in chunk, global gallery index, canonical score) of every
+    positive of the chunk's queries inside this gallery block (the excluded item left out)."""
+    kind, rel, exclude = arg
+    w = g.shape[0]
+    if kind == "codes":
+        return _positive_scores_by_code(q, g, g_lo, rel, g_codes, exclude)
+    rows_all, cols_all = rel
+    a, z = np.searchsorted(cols_all, [g_lo, g_lo + w])
+    rows, cols = rows_all[a:z], cols_all[a:z] - g_lo
+    if exclude is not None and rows.size:
+        keep = cols + g_lo != exclude[rows]
+        rows, cols = rows[keep], cols[keep]
+    scores = canonical_scores(q, g, rows, cols)
+    return rows, cols + g_lo, scores
+
+
+# Elements (queries x positives x d) of one float64 product batch in ``_positive_scores_by_code``.
+_GROUP_ELEMENTS = 1 << 22
+# Below this many queries per code on average, positives are scored pair by pair rather than per code.
+_FLAT_BELOW_QUERIES_PER_CODE = 4
+
+
+def _positive_scores_by_code(q: np.ndarray, g: np.ndarray, g_lo: int, q_codes: np.ndarray, g_codes: np.ndarray,
+                             exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical scores of every (query, same-code gallery row) pair of a tile, grouped by code.
+
+    Queries of one code share their positives, so each positive row is converted to float64 once per
+    code and every pair is one contiguous float64 dot (``exact._row_dots``): the same bits as
+    ``canonical_scores`` pair by pair, without gathering a row per pair.
+    """
+    out_rows, out_cols, out_scores = [], [], []
+    present = np.flatnonzero(np.isin(q_codes, g_codes) & (q_codes >= 0))
+    if present.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    order = present[np.argsort(q_codes[present], kind="stable")]
+    codes = q_codes[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], codes.size]
+    d = q.shape[1]
+    if starts.size * _FLAT_BELOW_QUERIES_PER_CODE > order.size:
+        # Codes shared by few queries (item keys: captions): pair by pair is cheaper than a loop per code.
+        g_order = np.argsort(g_codes, kind="stable")
+        g_sorted = g_codes[g_order]
+        lo = np.searchsorted(g_sorted, q_codes[order], side="left")
+        hi = np.searchsorted(g_sorted, q_codes[order], side="right")
+        counts = hi - lo
+        rows = np.repeat(order, counts)
+        first = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        cols = g_order[first + np.arange(rows.size)].astype(np.int64)
+        if exclude is not None:
+            keep = cols + g_lo != exclude[rows]
+            rows, cols = rows[keep], cols[keep]
+        return rows, cols + g_lo, canonical_scores(q, g, rows, cols)
+    for s0, s1 in zip(starts, ends):
+        rows = order[s0:s1]
+        cols = np.flatnonzero(g_codes == codes[s0]).astype(np.int64)
+        gp = np.asarray(g[cols], dtype=np.float64)[None, :, :]
+        step = max(1, _GROUP_ELEMENTS // max(1, cols.size * d))
+        for c in range(0, rows.size, step):
+            rr = rows[c:c + step]
+            scores = _row_dots(np.asarray(q[rr], dtype=np.float64)[:, None, :], gp)
+            out_rows.append(np.repeat(rr, cols.size))
+            out_cols.append(np.tile(cols, rr.size))
+            out_scores.append(scores.ravel())
+    rows = np.concatenate(out_rows)
+    cols = np.concatenate(out_cols)
+    scores = np.concatenate(out_scores)
+    if exclude is not None:
+        keep = cols + g_lo != exclude[rows]
+        rows, cols, scores = rows[keep], cols[keep], scores[keep]
+    return rows, cols + g_lo, scores
+
+
+def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tuple[Any, ...], _: Any, *,
+                    tile_dtype: str, tile_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile kernel, pass 2: per query, how many items of this block are ordered before all of its
+    thresholds (``above_all``) and, per threshold bin, how many beat exactly that many (``hist``)."""
+    thr, exclude = arg
+    b = q.shape[0]
+    w = g.shape[0]
     dtype = np.dtype(tile_dtype)
-    q = np.asarray(Q[start:stop], dtype=dtype)
-    eps = gemm_error_bound(Q.shape[1], dtype) * row_norms(q) * g_norm_max
+    qd = np.asarray(q, dtype=dtype)
+    eps = gemm_error_bound(q.shape[1], dtype) * row_norms(qd) * max_row_norm(g)
     low, high = thr.bounds()
     lo = low - eps
     hi = high + eps
     above_all = np.zeros(b, dtype=np.int64)
-    hist = np.zeros(thr.scores.size + b, dtype=np.int64)  # per query, bins 0..R for "beats b thresholds"
-    excluded_rows = np.flatnonzero(exclude[start:stop] >= 0)
-    ex_cols = exclude[start:stop][excluded_rows]
-    for c0 in range(0, G.shape[0], tile_columns):
-        c1 = min(G.shape[0], c0 + tile_columns)
-        tile = q @ np.asarray(G[c0:c1], dtype=dtype).T
+    hist = np.zeros(thr.n_bins, dtype=np.int64)
+    if exclude is not None:
+        ex_rows = np.flatnonzero((exclude >= g_lo) & (exclude < g_lo + w))
+        ex_cols = exclude[ex_rows] - g_lo
+    else:
+        ex_rows = ex_cols = np.zeros(0, np.int64)
+    sorted_counts = int(thr.lengths.max()) >= _SORTED_COUNT_FROM_POSITIVES if thr.lengths.size else False
+    for c0 in range(0, w, tile_columns):
+        c1 = min(w, c0 + tile_columns)
+        tile = qd @ np.asarray(g[c0:c1], dtype=dtype).T
         inside = (ex_cols >= c0) & (ex_cols < c1)
-        tile[excluded_rows[inside], ex_cols[inside] - c0] = -np.inf
+        tile[ex_rows[inside], ex_cols[inside] - c0] = -np.inf
+        if sorted_counts:
+            _count_sorted(thr, tile, eps, above_all, hist, q, g, g_lo, c0)
+            continue
         above_all += np.count_nonzero(tile > hi[:, None], axis=1)
         mid = (tile >= lo[:, None]) & (tile <= hi[:, None])
         flat = np.flatnonzero(mid)
         if flat.size:
             rows = flat // (c1 - c0)
-            _count_mid(thr, hist, eps, rows, flat - rows * (c1 - c0) + c0,
-                       tile.ravel()[flat].astype(np.float64), Q, G, start)
-    ranks = thr.ranks(above_all, hist)
-    if mode == "best":
-        best = np.full(b, NO_POSITIVE, dtype=np.int64)
-        best[thr.lengths > 0] = ranks
-        return thr.lengths, best
-    return thr.lengths, ranks
+            _count_mid(thr, hist, eps, rows, flat - rows * (c1 - c0) + c0, tile.ravel()[flat].astype(np.float64),
+                       q, g, g_lo)
+    return above_all, hist
+
+
+def _count_sorted(thr: "_Thresholds", tile: np.ndarray, eps: np.ndarray, above_all: np.ndarray, hist: np.ndarray,
+                  q: np.ndarray, g: np.ndarray, g_lo: int, c0: int) -> None:
+    """The counting (tile = columns ``c0:`` of gallery block ``g``, which starts at row ``g_lo``) of ``rank_count_tile`` for queries with many positives: sort each tile row once,
+    then place every threshold's error window [t - eps, t + eps] in it with two binary searches.
+
+    Items between two consecutive windows beat exactly the thresholds below them (a histogram bin,
+    counted by subtraction); items above the last window beat all of them; items inside a window are
+    decided exactly (``_resolve_exactly``). Cost per row O(w log w + R log w) instead of O(w log R)
+    element-wise work on every candidate.
+    """
+    w = tile.shape[1]
+    srt = np.sort(tile, axis=1)
+    t_lo = g_lo + c0
+    for r in np.flatnonzero(thr.lengths):
+        t = thr.scores_of(r)
+        row = srt[r]
+        a = np.searchsorted(row, t - eps[r], side="left")
+        z = np.searchsorted(row, t + eps[r], side="right")
+        above_all[r] += w - z[-1]
+        if t.size > 1:
+            hist[thr.bin_offset[r] + 1:thr.bin_offset[r] + t.size] += np.maximum(a[1:] - z[:-1], 0)
+        occupied = z > a
+        if not occupied.any():
+            continue
+        # A window holding one item, apart from its neighbours, while its own positive lies in this tile
+        # holds that positive (its GEMM value is within eps of its threshold): it beats the m below it.
+        idx = thr.index[thr.offset[r]:thr.offset[r + 1]]
+        apart = np.ones(t.size, dtype=bool)
+        apart[1:] &= a[1:] >= z[:-1]
+        apart[:-1] &= z[:-1] <= a[1:]
+        own = (z - a == 1) & apart & (idx >= t_lo) & (idx < t_lo + w)
+        hist[thr.bin_offset[r] + np.flatnonzero(own)] += 1
+        rest = np.flatnonzero(occupied & ~own)
+        if rest.size:
+            positions = np.unique(np.concatenate([np.arange(a[m], z[m]) for m in rest]))
+            cols = np.argsort(tile[r], kind="stable")[positions]
+            bins = _resolve_exactly(thr, np.full(cols.size, r, dtype=np.int64), cols + c0, q, g, g_lo)
+            hist += np.bincount(bins, minlength=hist.size)
 
 
 def _count_mid(thr: "_Thresholds", hist: np.ndarray, eps: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-               values: np.ndarray, Q: np.ndarray, G: np.ndarray, q_offset: int) -> None:
-    """Add to ``hist`` how many thresholds each candidate (row, gallery col, GEMM value) beats.
+               values: np.ndarray, q: np.ndarray, g: np.ndarray, g_lo: int) -> None:
+    """Add to ``hist`` how many thresholds each candidate (row, column of block ``g``, GEMM value) beats.
 
     Decided from the GEMM value when no threshold lies within ``eps`` of it, else from the canonical
     float64 score and, on an exact score tie, the gallery index (lower index ranks first).
@@ -233,15 +468,16 @@ def _count_mid(thr: "_Thresholds", hist: np.ndarray, eps: np.ndarray, rows: np.n
     bins = [thr.bin_offset[rows[sure]] + lo[sure]]
     unsure = np.flatnonzero(~sure)
     if unsure.size:
-        bins.append(_resolve_exactly(thr, rows[unsure], cols[unsure], Q, G, q_offset))
+        bins.append(_resolve_exactly(thr, rows[unsure], cols[unsure], q, g, g_lo))
     hist += np.bincount(np.concatenate(bins), minlength=hist.size)
 
 
-def _resolve_exactly(thr: "_Thresholds", rows: np.ndarray, cols: np.ndarray, Q: np.ndarray, G: np.ndarray,
-                     q_offset: int) -> np.ndarray:
+def _resolve_exactly(thr: "_Thresholds", rows: np.ndarray, cols: np.ndarray, q: np.ndarray, g: np.ndarray,
+                     g_lo: int) -> np.ndarray:
     """Histogram bins of candidates a GEMM value could not place: compare canonical scores, then, on an
     exact tie, gallery indices (the item beats tied positives with a higher index)."""
-    exact = canonical_scores(Q, G, rows + q_offset, cols)
+    exact = canonical_scores(q, g, rows, cols)
+    cols = cols + g_lo
     key = rows + 1j * exact
     lo = np.searchsorted(thr.keys, key, side="left") - thr.offset[rows]
     hi = np.searchsorted(thr.keys, key, side="right") - thr.offset[rows]
@@ -266,16 +502,15 @@ class _Thresholds:
     bin_offset: np.ndarray  # (b,) start of query r's histogram bins (R_r + 1 of them)
 
     @staticmethod
-    def build(Q: np.ndarray, G: np.ndarray, pool: np.ndarray, start: np.ndarray, stop: np.ndarray,
-              exclude: np.ndarray, q_offset: int, best_only: bool) -> "_Thresholds":
-        b = start.size
-        counts = stop - start
-        rows = np.repeat(np.arange(b), counts)
-        first = np.repeat(start - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        pos = pool[first + np.arange(rows.size)] if rows.size else np.zeros(0, np.int64)
-        keep = pos != exclude[rows]
-        rows, pos = rows[keep], pos[keep]
-        scores = canonical_scores(Q, G, rows + q_offset, pos)
+    def build(b: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], best_only: bool) -> "_Thresholds":
+        """From pass-1 tiles' (row, gallery index, canonical score) of a chunk of ``b`` queries."""
+        if parts:
+            rows = np.concatenate([p[0] for p in parts]).astype(np.int64)
+            pos = np.concatenate([p[1] for p in parts]).astype(np.int64)
+            scores = np.concatenate([p[2] for p in parts]).astype(np.float64)
+        else:
+            rows = pos = np.zeros(0, np.int64)
+            scores = np.zeros(0)
         order = np.lexsort((-pos, scores, rows))
         rows, pos, scores = rows[order], pos[order], scores[order]
         if best_only:  # the last entry of each query is its best positive
@@ -286,6 +521,10 @@ class _Thresholds:
         # numpy orders complex numbers by real part, then imaginary part: (row, score) lexicographically.
         keys = rows.astype(np.float64) + 1j * scores
         return _Thresholds(scores, pos, offset, lengths, keys, offset[:-1] + np.arange(b))
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.scores.size + self.lengths.size)
 
     def scores_of(self, r: int) -> np.ndarray:
         return self.scores[self.offset[r]:self.offset[r + 1]]

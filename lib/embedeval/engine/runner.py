@@ -148,6 +148,24 @@ class TileRunner(ABC):
              params: Mapping[str, Any]) -> Iterator[BlockResult]:
         """Yield one ``BlockResult`` per block, in any order."""
 
+    @abstractmethod
+    def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
+                  params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
+        """Run ``fn(*call, **params)`` for every call; yield ``(call number, value)`` as calls finish.
+
+        ``calls`` may be a lazy iterator: at most ``max_in_flight`` calls are submitted at once, so the
+        driver never holds more than that many pending arguments or results. Each call is timed into
+        ``stats`` like a block task.
+        """
+
+    def put_object(self, value: Any) -> Any:
+        """Place a value once for many calls (Ray: an object ref; locally: the value itself)."""
+        return value
+
+    def place(self, source: Any) -> Any:
+        """A block source every call can read: in-memory blocks go to the object store once (Ray)."""
+        return source
+
     def map_blocks(self, task: BlockTask, n_rows: int, block_size: int,
                    arrays: Sequence[np.ndarray | Shared] = (),
                    params: Mapping[str, Any] | None = None) -> Iterator[BlockResult]:
@@ -189,6 +207,25 @@ class LocalRunner(TileRunner):
             self.stats.add_task(stats)
             yield BlockResult(start, stop, value)
 
+    def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
+                  params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
+        t0 = time.perf_counter()
+        try:
+            for i, call in enumerate(calls):
+                with _blas_limit(self.blas_threads):
+                    value, stats = run_call(fn, dict(params or {}), self.measure_memory, *call)
+                self.stats.add_task(stats)
+                yield i, value
+        finally:
+            self.stats.wall_s += time.perf_counter() - t0
+
+
+def run_call(fn: Callable[..., Any], params: Mapping[str, Any], measure_memory: bool,
+             *call: Any) -> tuple[Any, TaskStats]:
+    """Call ``fn(*call, **params)`` and time it (the body of every generic call, local or remote; the
+    call's arguments travel as top-level task arguments, so Ray resolves object refs among them)."""
+    return run_block_task(lambda _s, _e, *args, **kw: fn(*args, **kw), 0, 0, params, measure_memory, *call)
+
 
 def _blas_limit(threads: int | None):  # noqa: ANN202 - a context manager
     if threads is None:
@@ -199,6 +236,7 @@ def _blas_limit(threads: int | None):  # noqa: ANN202 - a context manager
 
 
 _REMOTE_TASK: Any = None
+_REMOTE_CALL: Any = None
 
 
 def _remote_task() -> Any:
@@ -208,6 +246,15 @@ def _remote_task() -> Any:
 
         _REMOTE_TASK = ray.remote(run_block_task)
     return _REMOTE_TASK
+
+
+def _remote_call() -> Any:
+    global _REMOTE_CALL
+    if _REMOTE_CALL is None:
+        import ray
+
+        _REMOTE_CALL = ray.remote(run_call)
+    return _REMOTE_CALL
 
 
 class RayRunner(TileRunner):
@@ -267,6 +314,60 @@ class RayRunner(TileRunner):
         finally:
             for ref in pending:
                 ray.cancel(ref)
+
+    def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
+                  params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        remote = _remote_call().options(num_cpus=self.num_cpus_per_task)
+        params = dict(params or {})
+        pending: dict[Any, int] = {}
+        todo = enumerate(calls)
+        t0 = time.perf_counter()
+
+        def submit_one() -> bool:
+            nxt = next(todo, None)
+            if nxt is None:
+                return False
+            pending[remote.remote(fn, params, self.measure_memory, *nxt[1])] = nxt[0]
+            return True
+
+        try:
+            while len(pending) < self.max_in_flight and submit_one():
+                pass
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ready[0])
+                value, stats = ray.get(ready[0])
+                self.stats.add_task(stats)
+                submit_one()
+                yield i, value
+        finally:
+            self.stats.wall_s += time.perf_counter() - t0
+            for ref in pending:
+                ray.cancel(ref)
+
+    def put_object(self, value: Any) -> Any:
+        import ray
+
+        return ray.put(value)
+
+    def place(self, source: Any) -> Any:
+        """ArrayBlocks -> RefBlocks (one object per block), recursively through selections and shifts."""
+        import ray
+
+        from embedeval.engine.sources import ArrayBlocks, Centred, RefBlocks, Selection
+
+        if isinstance(source, ArrayBlocks):
+            refs = [ray.put(np.ascontiguousarray(source.load(b))) for b in range(source.n_blocks)]
+            return RefBlocks(refs, source.n, source.dim, source.offsets)
+        if isinstance(source, Selection):
+            placed = self.place(source.base)
+            return source if placed is source.base else Selection(placed, source.rows)
+        if isinstance(source, Centred):
+            placed = self.place(source.base)
+            return source if placed is source.base else Centred(placed, source.shift)
+        return source
 
 
 def default_runner() -> TileRunner:

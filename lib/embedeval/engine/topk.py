@@ -29,6 +29,11 @@ class TopK:
     def empty(rows: int, k: int) -> "TopK":
         return TopK(np.full((rows, k), -np.inf, dtype=np.float32), np.full((rows, k), EMPTY, dtype=np.int64))
 
+    @staticmethod
+    def empty_exact(rows: int, k: int) -> "TopK":
+        """An empty state for canonical float64 scores (what tile kernels and their merges carry)."""
+        return TopK(np.full((rows, k), -np.inf), np.full((rows, k), EMPTY, dtype=np.int64))
+
     @property
     def k(self) -> int:
         return self.scores.shape[1]

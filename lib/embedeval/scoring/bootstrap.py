@@ -154,3 +154,28 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A stable per-(task, target, metric) seed, so adding a task does not shift another task's draws."""
     h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+# Cumulative Poisson(1) probabilities for k = 0..19 (the tail beyond is below 1e-17).
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(20)])
+
+
+def poisson_weights(keys: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, len(keys)) Poisson(1) bootstrap weights, a pure function of (key, resample, seed).
+
+    The Poisson bootstrap (Hanley & MacGibbon 2006) gives every unit an independent Poisson(1) count
+    per resample instead of a multinomial draw over all units. Derived from a hash of the unit's key
+    (e.g. its manifest row), the weights need no coordination: a block task computes exactly the
+    weights of its own units, and the same item gets the same weight in every modality's blocks.
+    Memory O(resamples x len(keys)).
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    r = np.arange(resamples, dtype=np.uint64)[:, None]
+    with np.errstate(over="ignore"):
+        z = keys[None, :] * np.uint64(0x9E3779B97F4A7C15) + r * np.uint64(0xD1B54A32D192ED03) \
+            + np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedeval.engine.runner import TileRunner
+from embedeval.engine.sources import BlockSource
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.settings import ScoreSettings
 
@@ -24,69 +26,128 @@ class ScoringError(ValueError):
     """Inputs cannot be scored as asked; the message names the model, modality, column or setting."""
 
 
+@dataclass(frozen=True)
+class Categorical:
+    """A string column as integer codes: ``values[codes[i]]``, code -1 where unknown (null or empty)."""
+
+    codes: np.ndarray     # int64 (n,)
+    values: list[str]     # sorted distinct known values
+
+    @classmethod
+    def from_arrow(cls, column: pa.ChunkedArray | pa.Array) -> "Categorical":
+        col = pc.cast(column, pa.string())
+        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+        values = sorted(v for v in pc.unique(col).to_pylist() if v is not None)
+        idx = pc.index_in(col, value_set=pa.array(values, pa.string()))
+        return cls(np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.int64), values)
+
+    def take(self, rows: np.ndarray) -> "Categorical":
+        return Categorical(self.codes[rows], self.values)
+
+    def mask(self, value: str) -> np.ndarray:
+        """Where the column equals ``value`` (all False when the value never occurs)."""
+        code = self.values.index(value) if value in self.values else -2
+        return self.codes == code
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.codes >= 0
+
+    def names(self, rows: np.ndarray) -> list[str | None]:
+        """The strings of a few rows (for output tables; not for per-item loops over a catalogue)."""
+        return [self.values[c] if c >= 0 else None for c in self.codes[np.asarray(rows, dtype=np.int64)]]
+
+
 @dataclass
 class CatalogueView:
-    """The manifest columns the analyses read, as numpy arrays aligned with the manifest's rows."""
+    """The manifest columns the analyses read, as Arrow and numpy columns aligned with the manifest's rows.
 
-    ids: np.ndarray                                   # object array of str
-    row_of: dict[str, int]                            # id -> manifest row
-    tags: list[list[str] | None] | None               # None when the manifest has no tags column
-    labels: np.ndarray | None                         # object array (None where unknown)
+    No Python object per item: ids stay an Arrow string array (looked up with hash joins), labels and
+    splits are integer codes, tags stay an Arrow list column until they become a sparse matrix.
+    Memory O(N) numeric plus the id strings.
+    """
+
+    ids: pa.Array                                     # string
+    tags: pa.Array | None                             # list<string>; None when the manifest has no tags column
+    labels: Categorical | None
     attrs: dict[str, np.ndarray]                      # name (without attr_) -> float64, NaN = unknown
-    split: np.ndarray | None                          # object array: train/test/None
-    class_split: np.ndarray | None                    # object array: seen/unseen/None
+    split: Categorical | None                         # train/test
+    class_split: Categorical | None                   # seen/unseen
 
     @classmethod
     def from_table(cls, manifest: pa.Table) -> "CatalogueView":
         if "id" not in manifest.column_names:
             raise ScoringError("manifest has no 'id' column; pass the table from embedeval.io.manifest.load_manifest")
-        ids = np.asarray(manifest.column("id").to_pylist(), dtype=object)
-        row_of: dict[str, int] = {}
-        for i, item in enumerate(ids):
-            if item in row_of:
-                raise ScoringError(f"manifest id {item!r} appears twice (rows {row_of[item]} and {i}); "
-                                   "load the manifest with load_manifest, which keeps the first")
-            row_of[item] = i
+        ids = pc.cast(manifest.column("id"), pa.string()).combine_chunks()
+        if len(pc.unique(ids)) != len(ids):
+            counts = pc.value_counts(ids)
+            dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+            raise ScoringError(f"manifest id {dup!r} appears more than once; load the manifest with load_manifest, "
+                               "which keeps the first")
 
-        def strings(name: str) -> np.ndarray | None:
-            if name not in manifest.column_names:
-                return None
-            return np.asarray(manifest.column(name).to_pylist(), dtype=object)
+        def categorical(name: str) -> Categorical | None:
+            return Categorical.from_arrow(manifest.column(name)) if name in manifest.column_names else None
 
         attrs = {}
         for name in manifest.column_names:
             if name.startswith("attr_"):
                 col = manifest.column(name).cast(pa.float64())
                 attrs[name[len("attr_"):]] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-        tags = manifest.column("tags").to_pylist() if "tags" in manifest.column_names else None
-        return cls(ids, row_of, tags, strings("label"), attrs, strings("split"), strings("class_split"))
-
-
-@dataclass
-class ModalityEmbeddings:
-    """One (model, modality) partition after checks: only rows that joined the manifest with usable vectors."""
-
-    modality: str
-    ids: np.ndarray            # object array of item ids, sorted by (id, sub)
-    subs: np.ndarray           # int16
-    rows: np.ndarray           # int64 manifest row of each embedding row
-    unit: np.ndarray           # (n, d) float32, L2-normalised
-    excluded: dict[str, int] = field(default_factory=dict)   # reason -> count
+        tags = manifest.column("tags").combine_chunks() if "tags" in manifest.column_names else None
+        return cls(ids, tags, categorical("label"), attrs, categorical("split"), categorical("class_split"))
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rows_of(self, ids: pa.Array | list[str]) -> np.ndarray:
+        """int64 manifest row of each id, -1 where the id is not in the manifest (a hash join)."""
+        found = pc.index_in(pa.array(ids, pa.string()) if isinstance(ids, list) else ids, value_set=self.ids)
+        return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def id_of(self, rows: np.ndarray) -> list[str]:
+        """The ids of a few rows (output tables, messages)."""
+        return self.ids.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+
+@dataclass
+class ModalityEmbeddings:
+    """One (model, modality) partition after checks: only rows that joined the manifest with usable vectors.
+
+    Rows are in (id, sub) order. The unit vectors live in ``source`` (block files written by
+    :mod:`embedeval.scoring.prepare`, or an in-memory array for small inputs): tasks read blocks where
+    they run, and the driver keeps only ``rows`` and ``subs`` (O(n) integers).
+    """
+
+    modality: str
+    source: BlockSource        # (n, d) float32 unit rows
+    rows: np.ndarray           # int64 manifest row of each embedding row
+    subs: np.ndarray           # int16
+    excluded: dict[str, int] = field(default_factory=dict)   # reason -> count
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
     @property
     def dim(self) -> int:
-        return int(self.unit.shape[1])
+        return int(self.source.dim)
+
+    @property
+    def unit(self) -> np.ndarray:
+        """All unit vectors as one array: O(n x d), for tests and oracles only."""
+        return self.source.to_array()
+
+    def select(self, keep: np.ndarray) -> "ModalityEmbeddings":
+        """The rows where ``keep`` (a boolean mask or sorted indices) holds; blocks are shared, not copied."""
+        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        return ModalityEmbeddings(self.modality, self.source.select(idx), self.rows[idx], self.subs[idx],
+                                  dict(self.excluded))
 
     def first_per_item(self) -> "ModalityEmbeddings":
         """One row per item (sub 0, else the smallest sub): image/sketch analyses want one vector per item."""
-        keep = np.ones(len(self.ids), dtype=bool)
-        if len(self.ids) > 1:
-            keep[1:] = self.ids[1:] != self.ids[:-1]
-        return ModalityEmbeddings(self.modality, self.ids[keep], self.subs[keep], self.rows[keep],
-                                  self.unit[keep], dict(self.excluded))
+        keep = np.ones(len(self), dtype=bool)
+        if len(self) > 1:
+            keep[1:] = self.rows[1:] != self.rows[:-1]
+        return self if keep.all() else self.select(keep)
 
     def note(self) -> str | None:
         """The counted exclusions of this partition, for the note of every row computed from it."""
@@ -104,6 +165,11 @@ class TaskContext:
     settings: ScoreSettings
     catalogue: CatalogueView
     runner: TileRunner | None = None                     # None: the engine picks (Ray when initialised)
+    shared: dict[Any, Any] = field(default_factory=dict)  # results two tasks of one model share (computed once)
+
+    def place(self, source: BlockSource) -> BlockSource:
+        """The source placed once for this task's many engine calls (in-memory blocks -> object store)."""
+        return self.runner.place(source) if self.runner is not None else source
 
     def row(self, task: str, target: str, metric: str, value: float | None, n: int, seconds: float,
             **kw: Any) -> ScoreRow:

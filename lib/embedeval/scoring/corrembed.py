@@ -16,7 +16,8 @@ Rows per target (a tag category or ``all``), all from cosine similarities of L2-
   share of "what the recommender shows" humans call alike; always defined. Its note gives the mean tag
   cosine over all pairs, the value a random neighbourhood would get.
 - ``pearson_all``: one Pearson over all N(N-1)/2 pairs (exact, from merged sums).
-- ``spearman_all``: one Spearman over all pairs, or a seeded sample of pairs; ``variant`` says which.
+- ``spearman_all``: one Spearman over all pairs, or over all pairs of a seeded sample of items (at most
+  ``spearman_max_pairs`` pairs); ``variant`` says which (``exact`` or ``sampled-items:<m>``).
 
 Items without a tag vector in a target are excluded from it and counted in ``note``.
 Intervals: bootstrap over anchors (per-anchor r; per-anchor sums for pearson_all).
@@ -24,19 +25,24 @@ Intervals: bootstrap over anchors (per-anchor r; per-anchor sums for pearson_all
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from embedeval.engine.gram import AnchorSums, pearson_all_pairs_cosine, pearson_from_sums, per_anchor_sums_cosine
-from embedeval.engine.knn import exact_topk, per_anchor_knn_pearson, per_anchor_random_pearson
-from embedeval.engine.runner import TileRunner
-from embedeval.metrics.correlation import spearman_all_pairs
+import numpy as np
+import scipy.sparse as sp
+
+from embedeval.engine.gram import (GramStats, all_pairs_from_stats, anchor_sums_from_stats, gram_stats_blocks,
+                                   pearson_from_sums)
+from embedeval.engine.knn import pearson_over_prefixes, sample_others, topk_search
+from embedeval.engine.pairs import canonical_pair_scores, upper_triangle_scores
+from embedeval.engine.sources import BlockSource
+from embedeval.engine.tiles import gather_rows, map_blocks_of, query_rows
+from embedeval.metrics.correlation import spearman
 from embedeval.scoring.bootstrap import NO_INTERVAL, Interval, bootstrap_mean, bootstrap_summed, derive_seed
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.schema import ScoreRow
-from embedeval.scoring.tags import TagVectors
+from embedeval.scoring.tags import TagVectors, sparse_row_dots
 
 TASK = "corrembed"
-_GATHER_ELEMENTS = 1 << 22  # anchors x neighbours x tag dims gathered at once (32 MiB of float64)
 
 
 def choose_anchors(n: int, anchors: int | str, seed: int) -> tuple[np.ndarray, str]:
@@ -70,9 +76,10 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
     base = join_notes(f"{int((~has).sum())} items without {target} tags excluded" if (~has).any() else None,
                       emb.note(),
                       f"modality={emb.modality}" if emb.modality != "image" else None)
-    E = emb.unit[has]
-    T = tv.unit_rows(emb.rows[has])
-    n = E.shape[0]
+    sub = emb.select(has)
+    E = ctx.place(sub.source)
+    T = tv.unit_sparse(sub.rows)  # (n, tags) CSR, aligned with E's rows
+    n = E.n
     if n < 3:
         reason = (f"every {target} tag weighs 0 (carried by every tagged item, or weighted 0)"
                   if tv.weights.size and not np.any(tv.weights > 0) else f"{n} items with {target} tags")
@@ -92,10 +99,14 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
         rows.append(ctx.row(TASK, target, metric, value, ok.size, seconds, k=k, variant=variant,
                             ci_low=ci.low, ci_high=ci.high, note=note))
 
+    t_blocks = [T[lo:hi] for lo, hi in zip(E.offsets[:-1], E.offsets[1:])]
+    with stopwatch() as t_gram:
+        stats = gram_stats_blocks(E, t_blocks, runner=ctx.runner)
     with stopwatch() as t:
-        anchor_sums = per_anchor_sums_cosine(E, T, anchors)
+        anchor_sums = anchor_sums_from_stats(stats, anchors,
+                                             lambda idx: (gather_rows(E, idx, ctx.runner), T[idx]))
         r = anchor_sums.pearson()
-    per_anchor_row("corrembed", r, t[0])
+    per_anchor_row("corrembed", r, t_gram[0] + t[0])
 
     ks = [k for k in s.corr_ks if k < n]
     for k in s.corr_ks:
@@ -103,83 +114,95 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
             rows.append(ctx.row(TASK, target, "corr_knn", None, 0, 0.0, k=k, variant=variant,
                                 note=join_notes(f"skipped: k={k} needs more than {n} items", base)))
     if ks:
+        kmax = max(ks)
         with stopwatch() as t:
-            by_k = per_anchor_knn_pearson(E, T, ks, anchors=anchors, block_size=s.block_size, runner=ctx.runner)
-        for k in ks:
-            per_anchor_row("corr_knn", by_k[k], t[0], k=k)
-        with stopwatch() as t:
-            sims = knn_tag_similarity(E, T, anchors, ks, ctx.settings.block_size, ctx.runner)
+            # one exact search serves corr_knn and knn_tag_similarity: the anchors' kmax nearest others
+            top = topk_search(query_rows(E, anchors, ctx.runner), E, kmax, exclude=anchors,
+                              chunk_rows=s.block_size, runner=ctx.runner)
+            y = sparse_row_dots(T, np.repeat(anchors, kmax), top.indices.ravel()).reshape(top.indices.shape)
+        by_k = pearson_over_prefixes(top.scores, y, ks)
+        for j, k in enumerate(ks):
+            per_anchor_row("corr_knn", by_k[:, j], t[0], k=k)
         base_rate = mean_pair_similarity(T)
+        csum = np.cumsum(y, axis=1)
         for k in ks:
-            per_anchor_row("knn_tag_similarity", sims[k], t[0], k=k,
+            per_anchor_row("knn_tag_similarity", csum[:, k - 1] / k, t[0], k=k,
                            extra=f"mean {target} tag similarity over all pairs {base_rate:.4f}")
         if s.corr_random_control:
-            for k in ks:
-                with stopwatch() as t:
-                    r = per_anchor_random_pearson(E, T, k, seed=derive_seed(s.seed, TASK, target, "random", k),
-                                                  anchors=anchors)
-                per_anchor_row("corr_random", r, t[0], k=k, extra="control: k random items per anchor")
+            with stopwatch() as t:
+                # one seeded draw of max(k) others per anchor; each k uses its first k (a uniform sample too)
+                rng = np.random.default_rng(derive_seed(s.seed, TASK, target, "random"))
+                others = sample_others(n, anchors, kmax, rng)
+                a_rep = np.repeat(anchors, kmax)
+                x = canonical_pair_scores(E, a_rep, others.ravel(), runner=ctx.runner).reshape(others.shape)
+                yr = sparse_row_dots(T, a_rep, others.ravel()).reshape(others.shape)
+                by_k_random = pearson_over_prefixes(x, yr, ks)
+            for j, k in enumerate(ks):
+                per_anchor_row("corr_random", by_k_random[:, j], t[0], k=k,
+                               extra="control: k random items per anchor")
 
     with stopwatch() as t:
-        value = pearson_all_pairs_cosine(E, T).r
-    ci = _pearson_all_interval(ctx, E, T, target, anchor_sums if len(anchors) == n else None)
-    rows.append(ctx.row(TASK, target, "pearson_all", value, n, t[0], ci_low=ci.low, ci_high=ci.high,
+        value = all_pairs_from_stats(stats).r
+    ci = _pearson_all_interval(ctx, E, t_blocks, stats, target)
+    rows.append(ctx.row(TASK, target, "pearson_all", value, n, t_gram[0] + t[0], ci_low=ci.low, ci_high=ci.high,
                         variant="exact", note=join_notes(f"{n * (n - 1) // 2} pairs", base)))
 
     rows.append(_spearman_row(ctx, E, T, target, base))
     return rows
 
 
-def knn_tag_similarity(E: np.ndarray, T: np.ndarray, anchors: np.ndarray, ks: list[int], block_size: int,
-                       runner: TileRunner | None) -> dict[int, np.ndarray]:
-    """Per anchor and k: mean of t_i.t_j over its k nearest neighbours j != i by e_i.e_j.
-
-    One top-(max k + 1) search of the anchors against all items; the anchor itself is removed from its
-    list (or, when exact duplicates crowd it out, the last entry is). Memory O(A x k + engine tiles).
-    """
-    kmax = max(ks)
-    _, idx = exact_topk(E[anchors], E, kmax + 1, block_size=block_size, runner=runner)
-    is_self = idx == anchors[:, None]
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), idx.shape[1] - 1)
-    keep = np.ones_like(idx, dtype=bool)
-    keep[np.arange(idx.shape[0]), drop] = False
-    nbrs = idx[keep].reshape(idx.shape[0], idx.shape[1] - 1)[:, :kmax]
-    Tf = np.asarray(T, dtype=np.float64)
-    y = np.empty(nbrs.shape)
-    step = max(1, _GATHER_ELEMENTS // max(1, kmax * Tf.shape[1]))
-    for s in range(0, nbrs.shape[0], step):
-        y[s:s + step] = np.einsum("ad,akd->ak", Tf[anchors[s:s + step]], Tf[nbrs[s:s + step]])
-    csum = np.cumsum(y, axis=1)
-    return {k: csum[:, k - 1] / k for k in ks}
-
-
-def mean_pair_similarity(T: np.ndarray) -> float:
-    """Mean t_i.t_j over pairs i != j of unit rows, in O(N d): (|sum t|^2 - N) / (N (N - 1))."""
+def mean_pair_similarity(T: "np.ndarray | sp.spmatrix") -> float:
+    """Mean t_i.t_j over pairs i != j of unit rows, in O(nnz): (|sum t|^2 - N) / (N (N - 1))."""
     n = T.shape[0]
-    total = np.asarray(T, dtype=np.float64).sum(axis=0)
+    total = np.asarray(T.sum(axis=0), dtype=np.float64).ravel()
     return float((total @ total - n) / (n * (n - 1)))
 
 
-def _pearson_all_interval(ctx: TaskContext, E: np.ndarray, T: np.ndarray, target: str,
-                          all_anchor_sums: AnchorSums | None) -> Interval:
-    """Resample anchors' per-anchor sums: a resample's pairs are every pair (i, j) of a drawn anchor i."""
+def _anchor_sums_block(e: np.ndarray, lo: int, t: Any, *, stats: GramStats) -> np.ndarray:
+    """Block kernel: (b, 6) per-anchor Pearson sums of the block's rows (every row an anchor)."""
+    sums = anchor_sums_from_stats(stats, np.arange(e.shape[0]), lambda idx: (e[idx], t[idx]))
+    return np.column_stack([sums.n, sums.sx, sums.sy, sums.sxx, sums.syy, sums.sxy])
+
+
+def _pearson_all_interval(ctx: TaskContext, E: BlockSource, t_blocks: list[Any], stats: GramStats,
+                          target: str) -> Interval:
+    """Resample anchors' per-anchor sums: a resample's pairs are every pair (i, j) of a drawn anchor i.
+
+    The (N, 6) per-anchor sums are computed by block tasks from the merged Gram state; O(N) on the driver.
+    """
     s = ctx.settings
     if s.bootstrap_resamples <= 0:
         return NO_INTERVAL
-    sums = all_anchor_sums if all_anchor_sums is not None else per_anchor_sums_cosine(E, T, np.arange(E.shape[0]))
-    matrix = np.column_stack([sums.n, sums.sx, sums.sy, sums.sxx, sums.syy, sums.sxy])
+    matrix = np.empty((E.n, 6))
+    for lo, hi, part in map_blocks_of(_anchor_sums_block, E, params={"stats": stats}, per_block=t_blocks,
+                                      runner=ctx.runner):
+        matrix[lo:hi] = part
     return bootstrap_summed(matrix, lambda batch: pearson_from_sums(*batch.T), s.bootstrap_resamples,
                             derive_seed(s.seed, TASK, target, "pearson_all"), s.confidence)
 
 
-def _spearman_row(ctx: TaskContext, E: np.ndarray, T: np.ndarray, target: str, base: str | None) -> ScoreRow:
+def _spearman_row(ctx: TaskContext, E: BlockSource, T: Any, target: str, base: str | None) -> ScoreRow:
+    """Spearman over all pairs when they fit ``spearman_max_pairs`` (O(N^2) values, so only small N), else
+    over every pair of a seeded sample of m items, m the largest with m(m-1)/2 <= spearman_max_pairs
+    (exact on the sample; only the m rows are gathered, so the cost does not grow with N)."""
     s = ctx.settings
-    n = E.shape[0]
+    n = E.n
     pairs = n * (n - 1) // 2
+    limit = max(2, s.spearman_max_pairs or pairs)
     seed = derive_seed(s.seed, TASK, target, "spearman")
     with stopwatch() as t:
-        result = spearman_all_pairs(E, T, max_pairs=max(2, s.spearman_max_pairs or pairs), seed=seed)
-    variant = f"sampled:{result.n_pairs},seed={s.seed}" if result.sampled else "exact"
-    return ctx.row(TASK, target, "spearman_all", result.rho, n, t[0], variant=variant,
-                   note=join_notes(f"{result.n_pairs} of {result.n_total_pairs} pairs",
+        if pairs <= limit:
+            items = np.arange(n)
+        else:
+            m = max(2, int((1 + np.sqrt(1 + 8 * limit)) // 2))
+            items = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+        iu, ju = np.triu_indices(items.size, 1)
+        x = upper_triangle_scores(gather_rows(E, items, ctx.runner))
+        y = sparse_row_dots(T, items[iu], items[ju])
+        rho = spearman(x, y)
+    sampled = items.size < n
+    variant = f"sampled-items:{items.size},seed={s.seed}" if sampled else "exact"
+    return ctx.row(TASK, target, "spearman_all", rho, n, t[0], variant=variant,
+                   note=join_notes(f"{x.size} of {pairs} pairs" + (f" (all pairs of {items.size} seeded items)"
+                                                                   if sampled else ""),
                                    "no bootstrap interval (pairs share items)", base))

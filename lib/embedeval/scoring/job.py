@@ -20,21 +20,24 @@ weight, an unknown modality in the settings) are raised before any work starts.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedeval.io.embeddings import (EmbeddingsError, EmbeddingSet, list_committed, partition_dir,
-                                     read_commit_marker, read_committed)
+from embedeval.io.embeddings import list_committed, read_commit_marker
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
-from embedeval.scoring.schema import SCORES_PATH, ScoreRow, scores_table
-from embedeval.scoring.settings import ScoreSettings
+from embedeval.scoring.parts import ScoreParts, UnitResult
+from embedeval.scoring.prepare import prepare_partition
+from embedeval.scoring.schema import SCORES_PATH, scores_table
+from embedeval.scoring.settings import EXECUTION_SETTINGS, ScoreSettings
 from embedeval.scoring.tags import TagVectors, build_tag_vectors
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     maps tag -> category (per-category CorrEmbed); ``category_weights`` maps category -> weight (the
     paper's weighting; else tags are weighed by informativeness, see :mod:`embedeval.scoring.tags`).
     Also writes ``ambiguity.parquet`` and ``prototypes.parquet`` next to ``scores.parquet``.
+
+    The driver plans and merges: each partition's vectors are prepared once into block files
+    (:mod:`embedeval.scoring.prepare`) that tasks read; the driver holds O(N) ids, codes and per-unit
+    values. Resumable: every (model, task, target) unit commits its rows as it finishes
+    (:class:`embedeval.scoring.parts.ScoreParts`); a rerun after a crash or kill recomputes only the
+    units without a commit, and ``scores.parquet`` is assembled and written last.
     """
     say = progress or (lambda msg: log.info(msg))
     catalogue = CatalogueView.from_table(manifest)
@@ -69,22 +78,38 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     for model, modality in partitions:
         models.setdefault(model, []).append(modality)
 
-    rows: list[ScoreRow] = []
-    ambiguity: list[pa.Table] = []
-    examples: list[pa.Table] = []
+    parts = ScoreParts(storage, run_id)
+    units_by_model = {model: plan_units(settings, modalities, catalogue, tag_vectors is not None)
+                      for model, modalities in models.items()}
+    total = sum(len(u) for u in units_by_model.values())
+    done = 0
     for model, modalities in models.items():
-        embeddings, weights_random = {}, False
-        for modality in modalities:
-            raw = _read_partition(storage, run_id, model, modality)
-            weights_random |= str(raw.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true"
-            embeddings[modality] = check_embeddings(raw, catalogue, storage.uri(partition_dir(run_id, model, modality)))
+        fingerprint = _inputs_fingerprint(storage, run_id, model, modalities, settings, tag_categories,
+                                          category_weights, catalogue)
+        units = units_by_model[model]
+        todo = [u for u in units if not parts.has(model, u.key, fingerprint)]
+        done += len(units) - len(todo)
+        if len(todo) < len(units):
+            say(f"{model}: {len(units) - len(todo)} of {len(units)} score units kept from an earlier attempt")
+        if not todo:
+            continue
+        prepared = {m: prepare_partition(storage, run_id, model, m, catalogue, runner, block_rows=settings.block_rows)
+                    for m in sorted({m for u in todo for m in u.modalities})}
+        weights_random = any(str(p.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true"
+                             for p in prepared.values())
+        if len(prepared) < len(modalities):
+            weights_random |= _weights_random_of_markers(storage, run_id, model, modalities)
         ctx = TaskContext(run_id, model, weights_random, settings, catalogue, runner)
-        model_rows, model_amb, model_ex = _score_model(ctx, embeddings, tag_vectors, say)
-        rows += model_rows
-        ambiguity += model_amb
-        examples += model_ex
+        embeddings = {m: p.embeddings for m, p in prepared.items()}
+        for unit in todo:
+            result = _run_unit(ctx, unit, embeddings, tag_vectors, say)
+            done += 1
+            if result is not None:
+                parts.commit(model, unit.key, fingerprint, result)
+            say(f"score units: {done}/{total} done")
 
-    table = scores_table(rows)
+    rows, ambiguity, examples = parts.collect(units_by_model)
+    table = scores_table_from(rows)
     # created_at orders runs for the report's "difference from the last run"; file times are unreliable on S3.
     meta = {"embedeval.score.settings": settings.model_dump_json(), "embedeval.run_id": run_id,
             "embedeval.score.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -94,48 +119,43 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     storage.write_parquet(f"runs/{run_id}/{AMBIGUITY_PATH}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
     storage.write_parquet(f"runs/{run_id}/{PROTOTYPES_PATH}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
     storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", table, metadata=meta)
+    if not settings.keep_blocks:
+        storage.delete_dir(f"runs/{run_id}/scores/blocks")
     say(f"scores: {table.num_rows} rows for {len(models)} models written to "
         f"{storage.uri(f'runs/{run_id}/{SCORES_PATH}')}")
     return table
 
 
-def check_embeddings(raw: EmbeddingSet, catalogue: CatalogueView, where: str) -> ModalityEmbeddings:
-    """Join a partition to the manifest and drop unusable vectors, counting each reason."""
-    in_manifest = np.fromiter((i in catalogue.row_of for i in raw.ids), dtype=bool, count=len(raw.ids))
-    if len(raw.ids) and not in_manifest.any():
-        raise ScoringError(f"{where}: none of its {len(raw.ids)} ids (e.g. {raw.ids[0]!r}) is in the manifest; "
-                           "score with the manifest the run was embedded from")
-    vectors = raw.vectors
-    finite = np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0).astype(np.float64), axis=1)
-    usable = finite & (norms > 0)
-    keep = in_manifest & usable
-    excluded = {"ids not in manifest": int((~in_manifest).sum()),
-                "NaN/Inf vectors": int((in_manifest & ~finite).sum()),
-                "zero vectors": int((in_manifest & finite & (norms == 0)).sum())}
-    ids = raw.ids[keep]
-    unit = (vectors[keep].astype(np.float64) / norms[keep, None]).astype(np.float32)
-    rows = np.fromiter((catalogue.row_of[i] for i in ids), dtype=np.int64, count=len(ids))
-    for reason, n in excluded.items():
-        if n:
-            log.warning("%s: %d rows excluded (%s)", where, n, reason)
-    return ModalityEmbeddings(raw.modality, ids, raw.subs[keep], rows, unit, {k: v for k, v in excluded.items() if v})
-
-
-def _read_partition(storage: Storage, run_id: str, model: str, modality: str) -> EmbeddingSet:
-    try:
-        return read_committed(storage, run_id, model, modality)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        # pyarrow refuses to concatenate files whose vector types differ: say which files and dims.
+def _weights_random_of_markers(storage: Storage, run_id: str, model: str, modalities: list[str]) -> bool:
+    for modality in modalities:
         record = read_commit_marker(storage, run_id, model, modality)
-        dims = {}
-        for f in record.files if record else []:
-            vtype = pq.read_schema(storage.path(f.path), filesystem=storage.fs).field("vector").type
-            dims[f.path] = getattr(vtype, "list_size", str(vtype))
-        raise ScoringError(f"{storage.uri(partition_dir(run_id, model, modality))}: files disagree on the vector "
-                           f"dimension ({dims}); the partition is corrupt, delete it and re-embed") from exc
-    except EmbeddingsError as exc:
-        raise ScoringError(str(exc)) from exc
+        if record and str(record.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true":
+            return True
+    return False
+
+
+def _inputs_fingerprint(storage: Storage, run_id: str, model: str, modalities: list[str], settings: ScoreSettings,
+                        tag_categories: dict[str, str] | None, category_weights: dict[str, float] | None,
+                        catalogue: CatalogueView) -> str:
+    """What a unit's rows depend on: the model's committed files, the manifest ids, and every setting
+    that changes a number (not the execution knobs: Ray or not, tile and block sizes)."""
+    h = hashlib.sha256()
+    for modality in sorted(modalities):
+        record = read_commit_marker(storage, run_id, model, modality)
+        if record is not None:
+            h.update(json.dumps([[f.path, f.rows, f.sha256] for f in record.files]).encode())
+    h.update(settings.model_dump_json(exclude=EXECUTION_SETTINGS).encode())
+    h.update(json.dumps([tag_categories, category_weights], sort_keys=True, default=str).encode())
+    for buf in catalogue.ids.buffers():
+        if buf is not None:
+            h.update(buf)
+    return h.hexdigest()[:32]
+
+
+def scores_table_from(tables: list[pa.Table]) -> pa.Table:
+    rows = pa.concat_tables(tables) if tables else scores_table([])
+    keys = ["model", "task", "target", "metric", "k", "split", "variant"]
+    return rows.sort_by([(k, "ascending") for k in keys])
 
 
 def _tag_vectors(catalogue: CatalogueView, tag_categories: dict[str, str] | None,
@@ -172,72 +192,88 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
-def _score_model(ctx: TaskContext, embeddings: dict[str, ModalityEmbeddings], tag_vectors: list[TagVectors] | None,
-                 say: Progress) -> tuple[list[ScoreRow], list[pa.Table], list[pa.Table]]:
-    """Run every enabled task for one model; a failing task becomes a 'failed' row and the rest go on."""
+@dataclass(frozen=True)
+class ScoreUnit:
+    """One resumable piece of the score stage: a task on a target, with the modalities it reads."""
+
+    task: str
+    target: str
+    modalities: tuple[str, ...]
+    run: Callable[[TaskContext, dict[str, ModalityEmbeddings], list[TagVectors] | None], UnitResult]
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.target}"
+
+
+def plan_units(s: ScoreSettings, modalities: list[str], catalogue: CatalogueView, has_tags: bool) -> list[ScoreUnit]:
+    """Every enabled (task, target) that this model's modalities and the manifest's columns allow."""
     from embedeval.scoring import corrembed, modality_gap, prototypes, rankability, retrieval
 
-    s = ctx.settings
-    rows: list[ScoreRow] = []
-    ambiguity: list[pa.Table] = []
-    examples: list[pa.Table] = []
-
-    def attempt(task: str, target: str, fn: Callable[[], list[ScoreRow]]) -> None:
-        with stopwatch() as t:
-            try:
-                rows.extend(fn())
-                failed = None
-            except Exception as exc:  # noqa: BLE001 - one task must not lose the others
-                if _is_system_failure(exc):
-                    # Lost nodes or workers after Ray's retries: the numbers are not wrong, they are missing.
-                    # Fail the job so a rerun completes it, instead of recording a permanent 'failed' score.
-                    raise
-                failed = exc
-                log.error("model %s: task %s (%s) failed: %s\n%s", ctx.model, task, target, exc,
-                          traceback.format_exc())
-        if failed is not None:
-            rows.append(ctx.row(task, target, "failed", None, 0, t[0],
-                                note=f"failed: {type(failed).__name__}: {failed}"))
-            say(f"{ctx.model}: {task} ({target}) FAILED: {failed}")
-        else:
-            say(f"{ctx.model}: {task} ({target}) done in {t[0]:.2f}s")
-
+    have = set(modalities)
+    units: list[ScoreUnit] = []
     if "corrembed" in s.tasks:
-        for modality in s.corr_modalities:
-            if modality not in embeddings:
+        for m in s.corr_modalities:
+            if m not in have:
                 continue
-            if tag_vectors is None:
-                rows.append(ctx.row("corrembed", "all", "corrembed", None, 0, 0.0,
-                                    note=f"skipped: the manifest has no 'tags' column ({modality})"))
+            if not has_tags:
+                units.append(ScoreUnit("corrembed", m, (), lambda ctx, e, tv, m=m: UnitResult([ctx.row(
+                    "corrembed", "all", "corrembed", None, 0, 0.0,
+                    note=f"skipped: the manifest has no 'tags' column ({m})")])))
                 continue
-            attempt("corrembed", modality,
-                    lambda m=modality: corrembed.score_corrembed(ctx, embeddings[m], tag_vectors))
-    if "rankability" in s.tasks and ctx.catalogue.attrs:
-        for modality in s.rank_modalities:
-            if modality in embeddings:
-                attempt("rankability", modality, lambda m=modality: rankability.score_rankability(ctx, embeddings[m]))
+            units.append(ScoreUnit("corrembed", m, (m,),
+                                   lambda ctx, e, tv, m=m: UnitResult(corrembed.score_corrembed(ctx, e[m], tv))))
+    if "rankability" in s.tasks and catalogue.attrs:
+        for m in s.rank_modalities:
+            if m in have:
+                units.append(ScoreUnit("rankability", m, (m,),
+                                       lambda ctx, e, tv, m=m: UnitResult(rankability.score_rankability(ctx, e[m]))))
     if "retrieval" in s.tasks:
-        if "image" in embeddings and "text" in embeddings:
-            attempt("retrieval", "image<->text",
-                    lambda: retrieval.score_caption_retrieval(ctx, embeddings["image"], embeddings["text"]))
+        if {"image", "text"} <= have:
+            units.append(ScoreUnit("retrieval", "image<->text", ("image", "text"), lambda ctx, e, tv: UnitResult(
+                retrieval.score_caption_retrieval(ctx, e["image"], e["text"]))))
         for pair in s.label_pairs:
             a, _, b = pair.partition("->")
-            if a in embeddings and b in embeddings:
-                attempt("retrieval", pair,
-                        lambda a=a, b=b: retrieval.score_label_retrieval(ctx, embeddings[a], embeddings[b]))
-    if "prototypes" in s.tasks and ctx.catalogue.labels is not None:
-        for modality in (s.prototype_modalities or sorted(embeddings)):
-            if modality not in embeddings:
-                continue
+            if a in have and b in have:
+                units.append(ScoreUnit("retrieval", pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: UnitResult(
+                    retrieval.score_label_retrieval(ctx, e[a], e[b]))))
+    if "prototypes" in s.tasks and catalogue.labels is not None:
+        for m in (s.prototype_modalities or sorted(have)):
+            if m in have:
+                units.append(ScoreUnit("prototypes", m, (m,), lambda ctx, e, tv, m=m: _prototype_result(ctx, e[m])))
+    if "modality_gap" in s.tasks and {"image", "text"} <= have:
+        units.append(ScoreUnit("modality_gap", "image|text", ("image", "text"), lambda ctx, e, tv: UnitResult(
+            modality_gap.score_modality_gap(ctx, e["image"], e["text"]))))
+    return units
 
-            def run_prototypes(m: str = modality) -> list[ScoreRow]:
-                result = prototypes.score_prototypes(ctx, embeddings[m])
-                ambiguity.append(result.ambiguity)
-                examples.append(result.examples)
-                return result.rows
 
-            attempt("prototypes", modality, run_prototypes)
-    if "modality_gap" in s.tasks and "image" in embeddings and "text" in embeddings:
-        attempt("modality_gap", "image|text",
-                lambda: modality_gap.score_modality_gap(ctx, embeddings["image"], embeddings["text"]))
-    return rows, ambiguity, examples
+def _prototype_result(ctx: TaskContext, emb: ModalityEmbeddings) -> UnitResult:
+    from embedeval.scoring import prototypes
+
+    result = prototypes.score_prototypes(ctx, emb)
+    return UnitResult(result.rows, result.ambiguity, result.examples)
+
+
+def _run_unit(ctx: TaskContext, unit: ScoreUnit, embeddings: dict[str, ModalityEmbeddings],
+              tag_vectors: list[TagVectors] | None, say: Progress) -> UnitResult | None:
+    """Run one unit; a failure becomes a 'failed' row (not committed: a rerun tries it again)."""
+    with stopwatch() as t:
+        try:
+            result = unit.run(ctx, embeddings, tag_vectors)
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - one task must not lose the others
+            if _is_system_failure(exc):
+                # Lost nodes or workers after Ray's retries: the numbers are not wrong, they are missing.
+                # Fail the job so a rerun completes it, instead of recording a permanent 'failed' score.
+                raise
+            if isinstance(exc, ScoringError) and "disagree on the vector dimension" in str(exc):
+                raise
+            failed = exc
+            log.error("model %s: task %s (%s) failed: %s\n%s", ctx.model, unit.task, unit.target, exc,
+                      traceback.format_exc())
+    if failed is not None:
+        say(f"{ctx.model}: {unit.task} ({unit.target}) FAILED: {failed}")
+        row = ctx.row(unit.task, unit.target, "failed", None, 0, t[0], note=f"failed: {type(failed).__name__}: {failed}")
+        return UnitResult([row], committed=False)
+    say(f"{ctx.model}: {unit.task} ({unit.target}) done in {t[0]:.2f}s")
+    return result

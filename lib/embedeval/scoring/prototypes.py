@@ -28,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from embedeval.engine.kmeans import kmeans
-from embedeval.engine.knn import exact_topk
+from embedeval.engine.knn import topk_search
+from embedeval.engine.sources import BlockSource
+from embedeval.engine.tiles import map_blocks_of, query_rows
 from embedeval.metrics import clustering
 from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, half_sample_interval
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
@@ -72,19 +74,25 @@ class PrototypeScores:
 
 
 def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScores:
-    """k-means prototypes of one modality against labels; see the module docstring."""
+    """k-means prototypes of one modality against labels; see the module docstring.
+
+    Memory on the driver O(N) (labels, assignments, distances) plus O(sampled items x neighbours); the
+    vectors stay in their blocks. The ambiguity neighbours are an exact all-items search, O(N^2 d):
+    ``score.ambiguity_max_items`` runs it for a seeded sample of items instead (exact on the sample).
+    """
     s = ctx.settings
     emb = emb.first_per_item()
     modality = emb.modality
-    labels_all = ctx.catalogue.labels[emb.rows] if ctx.catalogue.labels is not None else np.full(len(emb), None)
-    known = np.fromiter((lab is not None and lab != "" for lab in labels_all), dtype=bool, count=len(emb))
+    cat_labels = ctx.catalogue.labels
+    codes_all = cat_labels.codes[emb.rows] if cat_labels is not None else np.full(len(emb), -1, dtype=np.int64)
+    known = codes_all >= 0
     base = join_notes(f"{int((~known).sum())} unlabelled items excluded" if (~known).any() else None, emb.note(),
                       "first caption per item" if modality == "text" else None)
-    X = emb.unit[known]
-    ids = emb.ids[known]
-    labels = np.asarray(labels_all[known], dtype=str)
-    n = X.shape[0]
-    n_labels = np.unique(labels).size
+    sub = emb.select(known)
+    X = ctx.place(sub.source)
+    label_codes = codes_all[known]
+    n = X.n
+    n_labels = np.unique(label_codes).size
     k = s.kmeans_k or n_labels
     empty = PrototypeScores([], AMBIGUITY_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table())
     if n_labels < 2 or k > n or n < 3:
@@ -98,7 +106,6 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
                         block_size=s.block_size, runner=ctx.runner)
     fit_seconds = t[0]
     assign = np.asarray(result.labels, dtype=np.int64)
-    _, label_codes = np.unique(labels, return_inverse=True)
     variant = f"k={k},init={s.kmeans_init}"
     kmeans_note = join_notes(f"k-means: {result.n_iter} iterations, inertia {float(result.inertia):.4g}", base)
 
@@ -113,80 +120,118 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
                             ci_low=ci.low, ci_high=ci.high, note=kmeans_note))
 
     m = min(s.ambiguity_neighbours, n - 1)
+    items = np.arange(n, dtype=np.int64)
+    amb_note = kmeans_note
+    if s.ambiguity_max_items is not None and n > s.ambiguity_max_items:
+        rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "ambiguity-items"))
+        items = np.sort(rng.choice(n, size=s.ambiguity_max_items, replace=False))
+        amb_note = join_notes(f"ambiguity: {items.size} of {n} items sampled (seeded), neighbours among all {n}",
+                              kmeans_note)
     with stopwatch() as t:
-        sims, nbrs = exact_topk(X, X, m, exclude_self=True, block_size=s.block_size, runner=ctx.runner)
-    sims, nbrs = np.asarray(sims, dtype=np.float64), np.asarray(nbrs, dtype=np.int64)
+        top = topk_search(query_rows(X, items, ctx.runner), X, m, exclude=items, chunk_rows=s.block_size,
+                          runner=ctx.runner)
+    sims, nbrs = top.scores, top.indices
     nn = nbrs[:, 0]
-    soft = (label_codes[nn] != label_codes) & (assign[nn] == assign)
+    soft = (label_codes[nn] != label_codes[items]) & (assign[nn] == assign[items])
     ci = bootstrap_mean(soft.astype(np.float64), s.bootstrap_resamples, derive_seed(s.seed, TASK, modality, "amb"),
                         s.confidence)
-    rows.append(ctx.row(TASK, modality, "ambiguity_rate", float(soft.mean()), n, fit_seconds + t[0], k=k,
-                        variant=variant, ci_low=ci.low, ci_high=ci.high, note=kmeans_note))
+    rows.append(ctx.row(TASK, modality, "ambiguity_rate", float(soft.mean()), items.size, fit_seconds + t[0], k=k,
+                        variant=variant, ci_low=ci.low, ci_high=ci.high, note=amb_note))
 
-    ambiguity = ambiguity_table(ctx.model, modality, ids, labels, assign, sims, nbrs, s.ambiguity_top)
-    examples = prototype_examples(ctx.model, modality, X, ids, labels, assign, np.asarray(result.centroids),
-                                  s.prototype_examples)
+    names = _Names(ctx, sub.rows, label_codes)
+    ambiguity = ambiguity_table(ctx.model, modality, names, items, label_codes, assign, sims, nbrs, s.ambiguity_top)
+    examples = prototype_examples(ctx, modality, X, names, assign, np.asarray(result.centroids), s.prototype_examples)
     return PrototypeScores(rows, ambiguity, examples)
 
 
-def ambiguity_table(model: str, modality: str, ids: np.ndarray, labels: np.ndarray, assign: np.ndarray,
-                    sims: np.ndarray, nbrs: np.ndarray, top: int) -> pa.Table:
-    """The ``top`` most similar other-label pairs and the ``top`` items with most other-label neighbours."""
+class _Names:
+    """Ids and label names of the few items an output table shows (looked up only for those)."""
+
+    def __init__(self, ctx: TaskContext, manifest_rows: np.ndarray, label_codes: np.ndarray) -> None:
+        self.catalogue = ctx.catalogue
+        self.manifest_rows = manifest_rows
+        self.label_codes = label_codes
+
+    def ids(self, items: np.ndarray) -> list[str]:
+        return self.catalogue.id_of(self.manifest_rows[np.asarray(items, dtype=np.int64)])
+
+    def labels(self, items: np.ndarray) -> list[str | None]:
+        assert self.catalogue.labels is not None
+        return [self.catalogue.labels.values[c] for c in self.label_codes[np.asarray(items, dtype=np.int64)]]
+
+
+def ambiguity_table(model: str, modality: str, names: _Names, items: np.ndarray, labels: np.ndarray,
+                    assign: np.ndarray, sims: np.ndarray, nbrs: np.ndarray, top: int) -> pa.Table:
+    """The ``top`` most similar other-label pairs and the ``top`` items with most other-label neighbours.
+
+    Row r of ``sims``/``nbrs`` are the neighbours of item ``items[r]``; ``labels`` are integer codes.
+    Vectorised over the (items x neighbours) arrays; only the shown rows are turned into strings.
+    """
     n, m = nbrs.shape
-    rows_i = np.repeat(np.arange(n), m)
+    rows_i = np.repeat(items, m)
     cols = nbrs.ravel()
     pair_sims = sims.ravel()
     other = labels[rows_i] != labels[cols]
     a, b = np.minimum(rows_i, cols)[other], np.maximum(rows_i, cols)[other]
     ps = pair_sims[other]
-    order = np.lexsort((b, a, -ps))              # by similarity desc, then ids for determinism
-    seen: set[tuple[int, int]] = set()
-    pairs = []
-    for j in order:
-        key = (int(a[j]), int(b[j]))
-        if key in seen:
-            continue
-        seen.add(key)
-        pa_, pb_ = key
-        shared = int(assign[pa_]) if assign[pa_] == assign[pb_] else None
-        pairs.append(("pair", ids[pa_], ids[pb_], labels[pa_], labels[pb_], float(ps[j]), shared, float(ps[j])))
-        if len(pairs) >= top:
-            break
+    order = np.lexsort((b, a, -ps))              # by similarity desc, then item order for determinism
+    a, b, ps = a[order], b[order], ps[order]
+    first = np.ones(a.size, dtype=bool)          # each unordered pair once (its best-ranked occurrence)
+    if a.size:
+        key = a.astype(np.int64) * (int(max(a.max(), b.max())) + 1) + b
+        _, first_at = np.unique(key, return_index=True)
+        first[:] = False
+        first[first_at] = True
+    chosen = np.flatnonzero(first)[:top]
+    pa_, pb_ = a[chosen], b[chosen]
+    shared = np.where(assign[pa_] == assign[pb_], assign[pa_], -1)
+    pairs = list(zip(["pair"] * chosen.size, names.ids(pa_), names.ids(pb_), names.labels(pa_), names.labels(pb_),
+                     ps[chosen].tolist(), [int(x) if x >= 0 else None for x in shared], ps[chosen].tolist()))
 
-    other_mask = labels[nbrs] != labels[:, None]                  # (n, m)
+    other_mask = labels[nbrs] != labels[items][:, None]                  # (n, m)
     share = other_mask.mean(axis=1)
     first_other = np.where(other_mask.any(axis=1), other_mask.argmax(axis=1), -1)
     candidates = np.flatnonzero(share > 0)
-    nearest_sim = np.array([sims[i, first_other[i]] for i in candidates])
+    nearest_sim = sims[candidates, first_other[candidates]]
     order = candidates[np.lexsort((candidates, -nearest_sim, -share[candidates]))][:top]
-    items = []
-    for i in order:
-        j = nbrs[i, first_other[i]]
-        items.append(("item", ids[i], None, labels[i], labels[j], float(sims[i, first_other[i]]), int(assign[i]),
-                      float(share[i])))
+    j = nbrs[order, first_other[order]]
+    chosen_items = items[order]
+    item_rows = list(zip(["item"] * order.size, names.ids(chosen_items), [None] * order.size,
+                         names.labels(chosen_items), names.labels(j), sims[order, first_other[order]].tolist(),
+                         assign[chosen_items].tolist(), share[order].tolist()))
     records = []
-    for kind_rows in (pairs, items):
+    for kind_rows in (pairs, item_rows):
         for rank, (kind, ia, ib, la, lb, sim, proto, score) in enumerate(kind_rows, start=1):
             records.append({"model": model, "modality": modality, "kind": kind, "id_a": str(ia),
                             "id_b": None if ib is None else str(ib), "label_a": str(la), "label_b": str(lb),
-                            "similarity": sim, "prototype": proto, "score": score, "rank": rank})
+                            "similarity": float(sim), "prototype": proto, "score": float(score), "rank": rank})
     return pa.Table.from_pylist(records, schema=AMBIGUITY_SCHEMA)
 
 
-def prototype_examples(model: str, modality: str, X: np.ndarray, ids: np.ndarray, labels: np.ndarray,
-                       assign: np.ndarray, centroids: np.ndarray, per_prototype: int) -> pa.Table:
-    """For each prototype, its ``per_prototype`` members nearest the centroid (by cosine distance)."""
-    records = []
+def _centroid_distance_block(block: np.ndarray, lo: int, assign: np.ndarray, *, unit_c: np.ndarray) -> np.ndarray:
+    """Block kernel: 1 - cosine of each row to its own prototype."""
+    return 1.0 - np.einsum("ij,ij->i", block.astype(np.float64), unit_c[assign])
+
+
+def prototype_examples(ctx: TaskContext, modality: str, X: BlockSource, names: _Names, assign: np.ndarray,
+                       centroids: np.ndarray, per_prototype: int) -> pa.Table:
+    """For each prototype, its ``per_prototype`` members nearest the centroid (by cosine distance).
+
+    Distances come from one pass of block tasks; the driver keeps O(N) floats and sorts them."""
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     unit_c = centroids / np.where(norms > 0, norms, 1.0)
-    for c in range(centroids.shape[0]):
-        members = np.flatnonzero(assign == c)
-        if members.size == 0:
-            continue
-        dist = 1.0 - X[members].astype(np.float64) @ unit_c[c]
-        order = members[np.lexsort((members, dist))][:per_prototype]
-        for rank, i in enumerate(order, start=1):
-            records.append({"model": model, "modality": modality, "prototype": c, "id": str(ids[i]),
-                            "label": str(labels[i]), "distance": float(1.0 - X[i].astype(np.float64) @ unit_c[c]),
-                            "rank": rank})
+    dist = np.empty(X.n)
+    per_block = [assign[lo:hi] for lo, hi in zip(X.offsets[:-1], X.offsets[1:])]
+    for lo, hi, part in map_blocks_of(_centroid_distance_block, X, params={"unit_c": unit_c}, per_block=per_block,
+                                      runner=ctx.runner):
+        dist[lo:hi] = part
+    order = np.lexsort((np.arange(X.n), dist, assign))           # by prototype, then distance, then item
+    srt = assign[order]
+    starts = np.searchsorted(srt, srt, side="left")
+    rank = np.arange(order.size) - starts + 1
+    keep = order[rank <= per_prototype]
+    ranks = rank[rank <= per_prototype]
+    records = [{"model": ctx.model, "modality": modality, "prototype": int(c), "id": i, "label": str(lab),
+                "distance": float(d), "rank": int(r)}
+               for c, i, lab, d, r in zip(assign[keep], names.ids(keep), names.labels(keep), dist[keep], ranks)]
     return pa.Table.from_pylist(records, schema=EXAMPLES_SCHEMA)

@@ -17,9 +17,14 @@ sketch whose label no gallery item has, an item without a label) are skipped and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from embedeval.engine.ranks import best_positive_rank, positive_ranks
+from embedeval.engine.ranks import Relevance, rank_positives
+from embedeval.engine.runner import TileRunner
+from embedeval.engine.sources import BlockSource, Centred
+from embedeval.engine.tiles import query_rows, reduce_blocks
 from embedeval.metrics import retrieval as rm
 from embedeval.scoring.bootstrap import (bootstrap_gathered, bootstrap_mean, derive_seed, percentile_interval,
                                          resampled_means)
@@ -50,23 +55,63 @@ def matches_by_id(query_ids: np.ndarray, gallery_ids: np.ndarray) -> tuple[np.nd
     return indptr, indices
 
 
-def caption_ranks(ctx: TaskContext, queries: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray,
-                  gallery_ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """1-based rank of each query's best true match (same item id) and the number of queries skipped.
+@dataclass(frozen=True)
+class CaptionRanks:
+    """Best-match ranks of one direction: ``ranks`` for the scored queries, and what was left out."""
 
-    Returns ranks only for queries with at least one match (in query order).
+    ranks: np.ndarray      # (scored,) int64, 1-based
+    skipped: int           # queries without any true match
+    sampled_from: int      # queries with a match before sampling (== ranks.size when not sampled)
+
+
+def caption_ranks(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings,
+                  centred: bool = False) -> CaptionRanks:
+    """1-based rank of each query's best true match (the same item) over the whole gallery.
+
+    Queries without a match are skipped and counted; with ``score.caption_max_queries`` a seeded sample
+    of the others is ranked (exact on the sample). ``centred``: both sides with their modality mean
+    removed (the modality gap's variant). The result is shared by every task of the model that asks for
+    the same direction (retrieval and the modality gap rank image->text once).
     """
-    indptr, indices = matches_by_id(query_ids, gallery_ids)
-    has = np.diff(indptr) > 0
+    s = ctx.settings
+    key = ("caption_ranks", queries.modality, gallery.modality, centred, s.caption_max_queries)
+    if key in ctx.shared:
+        return ctx.shared[key]
+    relevance = Relevance(q_codes=queries.rows, g_codes=gallery.rows)
+    has = relevance.positive_counts(0, len(queries)) > 0
     keep = np.flatnonzero(has)
-    sub_indptr = np.zeros(keep.size + 1, dtype=np.int64)
-    np.cumsum(np.diff(indptr)[keep], out=sub_indptr[1:])
-    sub_indices = np.concatenate([indices[indptr[i]:indptr[i + 1]] for i in keep]) if keep.size else indices[:0]
+    sampled_from = keep.size
+    if s.caption_max_queries is not None and keep.size > s.caption_max_queries:
+        rng = np.random.default_rng(derive_seed(s.seed, TASK, f"{queries.modality}->{gallery.modality}", "queries"))
+        keep = np.sort(keep[rng.choice(keep.size, size=s.caption_max_queries, replace=False)])
     if keep.size == 0:
-        return np.zeros(0, dtype=np.int64), int((~has).sum())
-    ranks = best_positive_rank(queries[keep], gallery, sub_indptr, sub_indices,
-                               block_size=ctx.settings.block_size, runner=ctx.runner)
-    return np.asarray(ranks, dtype=np.int64), int((~has).sum())
+        result = CaptionRanks(np.zeros(0, dtype=np.int64), int((~has).sum()), 0)
+    else:
+        q_src, g_src = ctx.place(queries.source), ctx.place(gallery.source)
+        if centred:
+            q_src = Centred(q_src, modality_mean(q_src, ctx.runner))
+            g_src = Centred(g_src, modality_mean(g_src, ctx.runner))
+        lists = rank_positives(query_rows(q_src, keep, ctx.runner), g_src,
+                               Relevance(q_codes=queries.rows[keep], g_codes=gallery.rows), best_only=True,
+                               chunk_rows=s.block_size, runner=ctx.runner)
+        result = CaptionRanks(np.asarray(lists.ranks, dtype=np.int64), int((~has).sum()), sampled_from)
+    ctx.shared[key] = result
+    return result
+
+
+def _sum_rows(block: np.ndarray, lo: int, _: None) -> np.ndarray:
+    return block.astype(np.float64).sum(axis=0)
+
+
+def modality_mean(source: BlockSource, runner: TileRunner | None = None) -> np.ndarray:
+    """The float64 mean row of a source (one pass of block tasks)."""
+    return reduce_blocks(_sum_rows, source, np.add, np.zeros(source.dim), runner=runner) / max(source.n, 1)
+
+
+def sample_note(result: CaptionRanks) -> str | None:
+    if result.ranks.size < result.sampled_from:
+        return f"{result.ranks.size} of {result.sampled_from} queries sampled (seeded)"
+    return None
 
 
 def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts: ModalityEmbeddings) -> list[ScoreRow]:
@@ -80,8 +125,10 @@ def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts:
     base = join_notes(images.note(), texts.note())
     for direction, q, g in (("image->text", images, texts), ("text->image", texts, images)):
         with stopwatch() as t:
-            ranks, skipped = caption_ranks(ctx, q.unit, g.unit, q.ids, g.ids)
-        note = join_notes(f"{skipped} {q.modality} queries without a true match skipped" if skipped else None, base)
+            result = caption_ranks(ctx, q, g)
+        ranks, skipped = result.ranks, result.skipped
+        note = join_notes(f"{skipped} {q.modality} queries without a true match skipped" if skipped else None,
+                          sample_note(result), base)
         seconds = t[0]
         total_seconds += seconds
         if ranks.size == 0:
@@ -130,44 +177,39 @@ def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery
     direction = f"{queries.modality}->{gallery.modality}"
     if cat.labels is None:
         return [ctx.row(TASK, direction, "mAP@all", None, 0, 0.0, note="skipped: the manifest has no 'label' column")]
-    q_labels, g_labels = cat.labels[queries.rows], cat.labels[gallery.rows]
-    q_known, g_known = _known(q_labels), _known(g_labels)
+    q_codes, g_codes = cat.labels.codes[queries.rows], cat.labels.codes[gallery.rows]
+    q_known, g_known = q_codes >= 0, g_codes >= 0
     base = join_notes(
         f"{int((~q_known).sum())} unlabelled queries skipped" if (~q_known).any() else None,
         f"{int((~g_known).sum())} unlabelled gallery items dropped" if (~g_known).any() else None,
         queries.note(), gallery.note() if gallery is not queries else None)
     splits: list[tuple[str, np.ndarray, np.ndarray]] = [("all", q_known, g_known)]
     if cat.class_split is not None:
-        qs, gs = cat.class_split[queries.rows], cat.class_split[gallery.rows]
-        for value in sorted({v for v in qs if v is not None}):
-            splits.append((str(value), q_known & (qs == value), g_known & (gs == value)))
+        qs, gs = cat.class_split.take(queries.rows), cat.class_split.take(gallery.rows)
+        for value in qs.values:
+            if qs.mask(value).any():
+                splits.append((value, q_known & qs.mask(value), g_known & gs.mask(value)))
     rows: list[ScoreRow] = []
     for split, qmask, gmask in splits:
-        rows.extend(_label_split(ctx, direction, split, queries, gallery, qmask, gmask, q_labels, g_labels, base))
+        rows.extend(_label_split(ctx, direction, split, queries, gallery, qmask, gmask, q_codes, g_codes, base))
     return rows
 
 
-def _known(labels: np.ndarray) -> np.ndarray:
-    return np.fromiter((lab is not None and lab == lab and lab != "" for lab in labels), dtype=bool, count=len(labels))
-
-
 def _label_split(ctx: TaskContext, direction: str, split: str, queries: ModalityEmbeddings,
-                 gallery: ModalityEmbeddings, qmask: np.ndarray, gmask: np.ndarray, q_labels: np.ndarray,
-                 g_labels: np.ndarray, base: str | None) -> list[ScoreRow]:
+                 gallery: ModalityEmbeddings, qmask: np.ndarray, gmask: np.ndarray, q_codes: np.ndarray,
+                 g_codes: np.ndarray, base: str | None) -> list[ScoreRow]:
     s = ctx.settings
     variant = f"ap={s.ap_convention}"
     same_space = queries.modality == gallery.modality
     qi, gi = np.flatnonzero(qmask), np.flatnonzero(gmask)
-    gl = np.asarray(g_labels[gi], dtype=str)
-    ql = np.asarray(q_labels[qi], dtype=str)
-    labels, g_count = np.unique(gl, return_counts=True)
-    n_rel = np.zeros(qi.size, dtype=np.int64)
-    pos = np.searchsorted(labels, ql)
-    found = (pos < labels.size) & (labels[np.minimum(pos, labels.size - 1)] == ql) if labels.size else np.zeros(qi.size, bool)
-    n_rel[found] = g_count[pos[found]]
+    exclude = None
     if same_space:
         # the query itself is in the gallery and is not a result
-        n_rel = np.maximum(n_rel - np.isin(queries.ids[qi], gallery.ids[gi]).astype(np.int64), 0)
+        where = np.full(len(ctx.catalogue), -1, dtype=np.int64)
+        where[gallery.rows[gi]] = np.arange(gi.size)
+        exclude = where[queries.rows[qi]]
+    relevance = Relevance(q_codes=q_codes[qi], g_codes=g_codes[gi], exclude=exclude)
+    n_rel = relevance.positive_counts(0, qi.size)
     ok = n_rel > 0
     note = join_notes(f"{int((~ok).sum())} queries without a relevant item skipped" if (~ok).any() else None,
                       f"gallery={gi.size}", base)
@@ -175,17 +217,21 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
     if not ok.any():
         return [ctx.row(TASK, direction, m, None, 0, 0.0, split=split, variant=variant,
                         note=join_notes("skipped: no query has a relevant item", note)) for m in metrics]
-    qi, ql, n_rel = qi[ok], ql[ok], n_rel[ok]
-    if s.label_max_queries is not None and qi.size > s.label_max_queries:
+    pick = np.flatnonzero(ok)
+    if s.label_max_queries is not None and pick.size > s.label_max_queries:
         # Exact ranks over the whole gallery cost O(queries x gallery); a seeded uniform sample of queries
         # keeps every number exact for the queries it covers, and n and the note say how many.
         rng = np.random.default_rng(derive_seed(s.seed, TASK, direction, split, "queries"))
-        pick = np.sort(rng.choice(qi.size, size=s.label_max_queries, replace=False))
-        note = join_notes(f"{s.label_max_queries} of {qi.size} queries sampled (seeded)", note)
-        qi, ql, n_rel = qi[pick], ql[pick], n_rel[pick]
+        sample = np.sort(rng.choice(pick.size, size=s.label_max_queries, replace=False))
+        note = join_notes(f"{s.label_max_queries} of {pick.size} queries sampled (seeded)", note)
+        pick = pick[sample]
+    n_rel = n_rel[pick]
+    q_src = query_rows(ctx.place(queries.source), qi[pick], ctx.runner)
+    g_src = ctx.place(gallery.source).select(gi)
     with stopwatch() as t:
-        lists = positive_ranks(queries.unit[qi], gallery.unit[gi], ql, gl, exclude_same_index=same_space,
-                               block_size=s.block_size, runner=ctx.runner)
+        lists = rank_positives(q_src, g_src, Relevance(q_codes=q_codes[qi][pick], g_codes=g_codes[gi],
+                                                       exclude=None if exclude is None else exclude[pick]),
+                               best_only=False, chunk_rows=s.block_size, runner=ctx.runner)
     indptr, ranks = lists.indptr, lists.ranks
     if not np.array_equal(lists.n_relevant, n_rel):
         raise ScoringError(f"{direction}: relevant counts disagree with the engine's rank lists")

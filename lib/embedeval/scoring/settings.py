@@ -17,6 +17,11 @@ TaskName = Literal["corrembed", "rankability", "retrieval", "prototypes", "modal
 ALL_TASKS: tuple[TaskName, ...] = ("corrembed", "rankability", "retrieval", "prototypes", "modality_gap")
 
 
+# Settings that change how the work is run, never a number: excluded from the inputs fingerprint, so
+# changing them keeps committed score units (and proves the results do not depend on them).
+EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks"}
+
+
 class ScoreSettings(BaseModel):
     """The score job's configuration (``score:`` section of a run config)."""
 
@@ -26,10 +31,18 @@ class ScoreSettings(BaseModel):
     tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS),
                                   description="which analyses to run")
     seed: int = Field(0, description="one seed for every random choice (anchors, draws, samples, bootstrap)")
-    block_size: int = Field(1024, ge=1, description="tile edge B of the engine; memory is O(B*B + B*d)")
+    block_size: int = Field(4096, ge=1, description="query rows per tile of the engine; task memory is "
+                                                     "O(B * (block_rows + d))")
+    block_rows: int = Field(32768, ge=1, description="rows per block file of the prepared unit vectors (a tile's "
+                                                     "gallery side); 32768 x 512 float32 = 64 MiB")
     use_ray: bool = Field(True, description="run engine tiles as Ray tasks when Ray is initialised")
+    keep_blocks: bool = Field(False, description="keep the prepared unit-vector blocks under scores/blocks after "
+                                                 "the stage (they are a copy of the embeddings' size)")
     bootstrap_resamples: int = Field(200, ge=0, description="bootstrap resamples per score; 0 = no interval")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="bootstrap interval coverage")
+    bootstrap_max_units: int = Field(
+        10_000, ge=3, description="rank statistics over more units (rankability's test items) get an m-out-of-n "
+                                  "bootstrap interval with m = this; the score's note says so")
 
     # --- corrembed -----------------------------------------------------------------------------------
     corr_modalities: list[str] = Field(default_factory=lambda: ["image"],
@@ -52,6 +65,9 @@ class ScoreSettings(BaseModel):
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="K of R@K (rsum uses these)")
     label_pairs: list[str] = Field(default_factory=lambda: ["sketch->image"],
                                    description="'a->b' label-relevance retrieval directions")
+    caption_max_queries: int | None = Field(
+        None, ge=1, description="image<->text retrieval: rank a seeded sample of this many queries per direction "
+                                "against the whole gallery (exact on the sample, O(sample x N)); None = every query")
     label_max_queries: int | None = Field(
         None, ge=1, description="labelled retrieval (sketch->image): score a seeded sample of this many queries "
                                 "against the whole gallery; None = every query")
@@ -66,6 +82,9 @@ class ScoreSettings(BaseModel):
     kmeans_iters: int = Field(50, ge=1)
     kmeans_init: Literal["k-means++", "k-means||"] = "k-means++"
     ambiguity_neighbours: int = Field(10, ge=1, description="neighbours looked at per item for ambiguity")
+    ambiguity_max_items: int | None = Field(
+        None, ge=1, description="ambiguity neighbours for a seeded sample of this many items, searched among all "
+                                "items (exact on the sample, O(sample x N)); None = every item, O(N^2)")
     ambiguity_top: int = Field(50, ge=1, description="rows per kind kept in ambiguity.parquet")
     prototype_examples: int = Field(6, ge=1, description="items nearest each centroid kept for thumbnails")
 

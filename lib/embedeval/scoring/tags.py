@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 ALL_TARGET = "all"
@@ -53,6 +55,18 @@ class TagVectors:
         """Items with a non-zero vector here (the only ones with a defined tag cosine)."""
         return self.norms > 0
 
+    def unit_sparse(self, rows: np.ndarray) -> sp.csr_matrix:
+        """L2-normalised vectors of ``rows`` as CSR (callers pass only rows with ``has_vector``).
+
+        The same values as ``unit_rows``, kept sparse: memory O(tags of those rows).
+        """
+        sub = sp.csr_matrix(self.matrix[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+        norms = np.sqrt(np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
+        if np.any(norms == 0):
+            raise TagError(f"target {self.target!r}: unit_sparse got items without tags; filter with has_vector")
+        sub.data = sub.data / np.repeat(norms, np.diff(sub.indptr))
+        return sub
+
     def unit_rows(self, rows: np.ndarray) -> np.ndarray:
         """Dense L2-normalised vectors of ``rows`` (callers pass only rows with ``has_vector``)."""
         dense = np.asarray(self.matrix[rows].todense(), dtype=np.float64)
@@ -62,18 +76,28 @@ class TagVectors:
         return dense / norms
 
 
-def presence_matrix(tags: Sequence[Sequence[str] | None]) -> tuple[sp.csr_matrix, list[str]]:
-    """(n_items, n_tags) 0/1 CSR of which item carries which tag, and the sorted tag names."""
-    vocab = sorted({t for item in tags if item for t in item if t is not None})
-    col = {t: j for j, t in enumerate(vocab)}
-    indptr, indices = [0], []
-    for item in tags:
-        cols = sorted({col[t] for t in (item or []) if t is not None})
-        indices.extend(cols)
-        indptr.append(len(indices))
-    data = np.ones(len(indices), dtype=np.float64)
-    m = sp.csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
-                      shape=(len(tags), len(vocab)))
+def presence_matrix(tags: "pa.Array | Sequence[Sequence[str] | None]") -> tuple[sp.csr_matrix, list[str]]:
+    """(n_items, n_tags) 0/1 CSR of which item carries which tag, and the sorted tag names.
+
+    ``tags`` is an Arrow list<string> column (or a Python list of lists). Built with Arrow kernels:
+    no Python loop over items, memory O(number of tags given).
+    """
+    arr = tags if isinstance(tags, (pa.Array, pa.ChunkedArray)) else pa.array(list(tags), pa.list_(pa.string()))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.list_(pa.string()))
+    n = len(arr)
+    item = np.asarray(pc.list_parent_indices(arr).to_numpy(zero_copy_only=False), dtype=np.int64) if n else \
+        np.zeros(0, np.int64)
+    values = pc.list_flatten(arr)
+    valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+    vocab = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
+    col = pc.index_in(values, value_set=pa.array(vocab, pa.string()))
+    cols = np.asarray(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    item, cols = item[valid], cols[valid]
+    m = sp.csr_matrix((np.ones(item.size, dtype=np.float64), (item, cols)), shape=(n, len(vocab)))
+    m.sum_duplicates()
+    m.data[:] = 1.0  # a tag listed twice for an item is present once
     return m, vocab
 
 
@@ -125,4 +149,17 @@ def build_tag_vectors(tags: Sequence[Sequence[str] | None], categories: dict[str
         for cat in sorted(set(tag_category.values())):
             cols = np.array([j for j, t in enumerate(vocab) if tag_category[t] == cat], dtype=np.int64)
             out.append(TagVectors(cat, [vocab[j] for j in cols], weights[cols], sp.csr_matrix(weighted[:, cols])))
+    return out
+
+
+_DOT_CHUNK = 262144
+
+
+def sparse_row_dots(T: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 ``T[a[m]] . T[b[m]]`` for each m, without densifying: memory O(chunk x tags per row)."""
+    a = np.asarray(a, dtype=np.int64).ravel()
+    b = np.asarray(b, dtype=np.int64).ravel()
+    out = np.empty(a.size)
+    for s in range(0, a.size, _DOT_CHUNK):
+        out[s:s + _DOT_CHUNK] = np.asarray(T[a[s:s + _DOT_CHUNK]].multiply(T[b[s:s + _DOT_CHUNK]]).sum(axis=1)).ravel()
     return out

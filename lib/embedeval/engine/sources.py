@@ -1,0 +1,214 @@
+"""Where tile tasks get their rows: a matrix cut into row blocks that any process can load on its own.
+
+The score stage never ships a whole N x d matrix through the driver. A ``BlockSource`` describes an
+(n, d) float32 matrix as ``n_blocks`` row blocks; ``load(b)`` returns block b and works inside any Ray
+worker, so a tile task reads exactly the blocks it needs:
+
+- ``StoredBlocks``: ``.npy`` block files under a storage root (local folder or S3), written by
+  :mod:`embedeval.scoring.prepare`. This is the catalogue-scale case: the driver holds the handle only.
+- ``ArrayBlocks``: an in-memory array (engine calls on numpy inputs, tests, small samples). Before a Ray
+  run, :func:`embedeval.engine.runner.TileRunner.place` turns it into ``RefBlocks`` (one ``ray.put`` per
+  block), so every task fetches its own block, never the whole array.
+- ``Selection``: the rows ``rows`` (sorted) of another source, e.g. the items with tags in one category
+  or the labelled items. Its blocks are the base blocks that hold selected rows.
+- ``Centred``: another source with a vector subtracted from every row and rows re-normalised (the
+  modality gap's "remove each modality's mean"), applied as each block is loaded.
+
+Row numbering: a source's rows are 0..n-1; block b holds rows ``offsets[b]:offsets[b + 1]``.
+Workers keep the last few loaded blocks (``_BLOCK_CACHE_BYTES``) so consecutive tiles of one gallery
+block do not re-read it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import numpy as np
+
+from embedeval.io.storage import Storage
+
+# Blocks a worker process keeps after loading them (least recently used first out).
+_BLOCK_CACHE_BYTES = 512 * 1024 * 1024
+_cache: "OrderedDict[tuple[Any, int], np.ndarray]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cached(key: tuple[Any, int], load: Any) -> np.ndarray:
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    value = load()
+    value.setflags(write=False)
+    with _cache_lock:
+        _cache[key] = value
+        total = sum(v.nbytes for v in _cache.values())
+        while total > _BLOCK_CACHE_BYTES and len(_cache) > 1:
+            _, old = _cache.popitem(last=False)
+            total -= old.nbytes
+    return value
+
+
+def clear_block_cache() -> None:
+    """Forget every cached block of this process (tests; a rewritten block file)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+class BlockSource(ABC):
+    """An (n, d) float32 matrix as row blocks; see the module docstring. Picklable, small."""
+
+    n: int
+    dim: int
+    offsets: np.ndarray  # (n_blocks + 1,) int64: block b is rows offsets[b]:offsets[b + 1]
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.offsets.size - 1)
+
+    def block_range(self, b: int) -> tuple[int, int]:
+        return int(self.offsets[b]), int(self.offsets[b + 1])
+
+    @abstractmethod
+    def load(self, b: int) -> np.ndarray:
+        """Block b as a read-only (rows, d) float32 array."""
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, block) for every block, in order (streams: one block in memory at a time)."""
+        for b in range(self.n_blocks):
+            yield int(self.offsets[b]), self.load(b)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) float32 of the given rows (any order, repeats allowed), loading only the blocks
+        that hold them. Memory O(len(rows) x d + one block): for samples, anchors, positives."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        if rows.size == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.n:
+            raise ValueError(f"row indices must lie in [0, {self.n})")
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for b in np.unique(which):
+            at = np.flatnonzero(which == b)
+            out[at] = self.load(int(b))[rows[at] - self.offsets[b]]
+        return out
+
+    def select(self, rows: np.ndarray) -> "BlockSource":
+        """The source of rows ``rows`` (sorted, distinct) of this one; this source when it is all rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == self.n and (rows.size == 0 or (rows[0] == 0 and rows[-1] == self.n - 1)):
+            return self
+        return Selection(self, rows)
+
+    def to_array(self) -> np.ndarray:
+        """The whole matrix: O(n x d). Only for small sources (tests, samples, oracles)."""
+        return np.concatenate([blk for _, blk in self.blocks()]) if self.n_blocks else np.zeros((0, self.dim), np.float32)
+
+
+def even_offsets(n: int, block_rows: int) -> np.ndarray:
+    """Block boundaries cutting n rows into blocks of ``block_rows`` (the last may be short)."""
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1; got {block_rows}")
+    return np.append(np.arange(0, n, block_rows, dtype=np.int64), np.int64(n)) if n else np.zeros(1, np.int64)
+
+
+class ArrayBlocks(BlockSource):
+    """An in-memory matrix as blocks of ``block_rows`` rows (no copy)."""
+
+    def __init__(self, X: np.ndarray, block_rows: int = 32768) -> None:
+        self.array = np.ascontiguousarray(X, dtype=np.float32)
+        if self.array.ndim != 2:
+            raise ValueError(f"a block source needs a 2-D matrix; got shape {self.array.shape}")
+        self.n, self.dim = (int(v) for v in self.array.shape)
+        self.offsets = even_offsets(self.n, block_rows)
+
+    def load(self, b: int) -> np.ndarray:
+        lo, hi = self.block_range(b)
+        return self.array[lo:hi]
+
+
+class RefBlocks(BlockSource):
+    """Blocks held in Ray's object store, one object per block (made by ``TileRunner.place``)."""
+
+    def __init__(self, refs: list[Any], n: int, dim: int, offsets: np.ndarray) -> None:
+        self.refs = refs
+        self.n, self.dim = n, dim
+        self.offsets = offsets
+
+    def load(self, b: int) -> np.ndarray:
+        import ray
+
+        return ray.get(self.refs[b])
+
+
+class StoredBlocks(BlockSource):
+    """Block files ``<prefix>/block-<b>.npy`` under a storage root (see :mod:`embedeval.scoring.prepare`)."""
+
+    def __init__(self, storage: Storage, prefix: str, n: int, dim: int, offsets: np.ndarray, tag: str = "") -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.n, self.dim = n, dim
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.tag = tag  # identifies the content (the commit's checksum): cache keys survive a rewrite
+
+    @staticmethod
+    def block_path(prefix: str, b: int) -> str:
+        return f"{prefix}/block-{b:06d}.npy"
+
+    def load(self, b: int) -> np.ndarray:
+        key = (self.storage.root, self.prefix, self.tag)
+
+        def read() -> np.ndarray:
+            arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)
+            lo, hi = self.block_range(b)
+            if arr.shape != (hi - lo, self.dim) or arr.dtype != np.float32:
+                raise ValueError(f"{self.storage.uri(self.block_path(self.prefix, b))}: expected ({hi - lo}, "
+                                 f"{self.dim}) float32, found {arr.shape} {arr.dtype}; delete the blocks folder")
+            return arr
+
+        return _cached((key, b), read)
+
+
+class Selection(BlockSource):
+    """Rows ``rows`` (sorted, distinct) of ``base``: block j is the selected part of one base block."""
+
+    def __init__(self, base: BlockSource, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= base.n):
+            raise ValueError(f"a selection needs sorted distinct rows in [0, {base.n})")
+        self.base = base
+        self.rows = rows
+        self.n, self.dim = int(rows.size), base.dim
+        which = np.searchsorted(base.offsets, rows, side="right") - 1
+        counts = np.bincount(which, minlength=base.n_blocks) if rows.size else np.zeros(base.n_blocks, np.int64)
+        self.base_blocks = np.flatnonzero(counts).astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts[self.base_blocks])]).astype(np.int64)
+
+    def load(self, b: int) -> np.ndarray:
+        lo, hi = self.block_range(b)
+        bb = int(self.base_blocks[b])
+        return self.base.load(bb)[self.rows[lo:hi] - self.base.offsets[bb]]
+
+
+class Centred(BlockSource):
+    """``base`` with ``shift`` subtracted from every row, rows re-normalised (zero rows stay zero)."""
+
+    def __init__(self, base: BlockSource, shift: np.ndarray) -> None:
+        self.base = base
+        self.shift = np.asarray(shift, dtype=np.float64)
+        self.n, self.dim, self.offsets = base.n, base.dim, base.offsets
+
+    def load(self, b: int) -> np.ndarray:
+        centred = self.base.load(b).astype(np.float64) - self.shift
+        norms = np.linalg.norm(centred, axis=1, keepdims=True)
+        return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def as_source(X: "np.ndarray | BlockSource", block_rows: int = 32768) -> BlockSource:
+    """A block source for ``X``: itself if it already is one, else ``ArrayBlocks``."""
+    return X if isinstance(X, BlockSource) else ArrayBlocks(X, block_rows)

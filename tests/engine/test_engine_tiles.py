@@ -1,0 +1,143 @@
+"""The tile driver and block sources: stored blocks, selections, gathers and 2-D tiles give the bits of the
+in-memory computation, whatever the block sizes or runner."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embedeval.engine.exact import canonical_scores
+from embedeval.engine.kmeans import kmeans
+from embedeval.engine.knn import exact_topk, topk_search
+from embedeval.engine.pairs import canonical_pair_scores
+from embedeval.engine.ranks import Relevance, positive_ranks, rank_positives
+from embedeval.engine.runner import LocalRunner, TileRunner
+from embedeval.engine.sources import ArrayBlocks, Centred, StoredBlocks, clear_block_cache
+from embedeval.engine.tiles import gather_rows, query_chunks, query_rows, reduce_blocks, tile_reduce
+from embedeval.io.storage import Storage
+
+
+def stored(tmp_path: Path, X: np.ndarray, block_rows: int) -> StoredBlocks:
+    """Write X as block files the way the score stage's prepare step does."""
+    storage = Storage(str(tmp_path))
+    offsets = np.append(np.arange(0, len(X), block_rows), len(X))
+    for b in range(len(offsets) - 1):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(X[offsets[b]:offsets[b + 1]], dtype=np.float32))
+        storage.write_bytes(StoredBlocks.block_path("blocks", b), buf.getvalue())
+    clear_block_cache()
+    return StoredBlocks(storage, "blocks", len(X), X.shape[1], offsets, tag=f"t{block_rows}")
+
+
+def test_stored_blocks_selection_and_gather(tmp_path: Path, rng: np.random.Generator,
+                                           unit: Callable[..., np.ndarray]) -> None:
+    X = unit(rng, 101, 8)
+    src = stored(tmp_path, X, 17)
+    assert np.array_equal(src.to_array(), X)
+    rows = np.sort(rng.choice(101, 40, replace=False))
+    sel = src.select(rows)
+    assert np.array_equal(sel.to_array(), X[rows]) and sel.n == 40
+    pick = rng.integers(0, 101, 33)                        # any order, repeats
+    assert np.array_equal(gather_rows(src, pick, LocalRunner()), X[pick])
+    assert np.array_equal(sel.gather(np.array([3, 0, 39])), X[rows][[3, 0, 39]])
+    shift = X.mean(axis=0, dtype=np.float64)
+    centred = (X.astype(np.float64) - shift)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    assert np.allclose(Centred(src, shift).to_array(), centred, atol=1e-6)
+    assert query_rows(src, rows).to_array().tobytes() == X[rows].tobytes()
+    with pytest.raises(ValueError, match="sorted distinct"):
+        src.select(np.array([3, 3]))
+
+
+def test_stored_block_of_the_wrong_shape_is_a_clear_error(tmp_path: Path, rng: np.random.Generator,
+                                                          unit: Callable[..., np.ndarray]) -> None:
+    src = stored(tmp_path, unit(rng, 20, 4), 10)
+    broken = StoredBlocks(src.storage, src.prefix, 20, 5, src.offsets, tag="other")
+    with pytest.raises(ValueError, match="expected \\(10, 5\\) float32"):
+        broken.load(0)
+
+
+def test_topk_on_stored_blocks_equals_the_in_memory_search(tmp_path: Path, rng: np.random.Generator,
+                                                           unit: Callable[..., np.ndarray],
+                                                           runner: TileRunner) -> None:
+    X = unit(rng, 150, 12)
+    X[7] = X[3]                                           # an exact tie crossing blocks
+    want_s, want_i = exact_topk(X, X, 9, exclude_self=True, block_size=64, runner=LocalRunner())
+    for block_rows, chunk in ((13, 5), (40, 64), (150, 150)):
+        src = stored(tmp_path / str(block_rows), X, block_rows)
+        top = topk_search(src, src, 9, exclude=np.arange(150), chunk_rows=chunk, runner=runner)
+        assert np.array_equal(top.indices, want_i), block_rows
+        assert np.array_equal(top.scores.astype(np.float32), want_s)
+
+
+def test_ranks_on_stored_blocks_equal_the_in_memory_ranks(tmp_path: Path, rng: np.random.Generator,
+                                                          unit: Callable[..., np.ndarray], runner: TileRunner) -> None:
+    Q, G = unit(rng, 37, 10), unit(rng, 90, 10)
+    ql, gl = rng.integers(0, 4, 37), rng.integers(0, 4, 90)
+    want = positive_ranks(Q, G, ql, gl, block_size=16, runner=LocalRunner())
+    got = rank_positives(stored(tmp_path / "q", Q, 11), stored(tmp_path / "g", G, 19),
+                         Relevance(q_codes=ql.astype(np.int64), g_codes=gl.astype(np.int64)), best_only=False,
+                         chunk_rows=7, runner=runner)
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.ranks, want.ranks)
+    # brute force: rank = 1 + items scoring higher (ties: lower index first)
+    S = Q.astype(np.float64) @ G.astype(np.float64).T
+    for i in range(0, 37, 6):
+        pos = np.flatnonzero(gl == ql[i])
+        expect = sorted(int((S[i] > S[i, p]).sum()) + 1 for p in pos)
+        assert got.ranks_of(i).tolist() == expect
+
+
+def test_tile_reduce_merges_each_chunk_in_gallery_order(rng: np.random.Generator) -> None:
+    """Tiles finish in any order; the merge still sees gallery blocks ascending, once each."""
+    Q, G = ArrayBlocks(rng.random((25, 3)), 10), ArrayBlocks(rng.random((47, 3)), 9)
+    seen: dict[int, list[int]] = {}
+
+    def kernel(q, q_lo, g, g_lo, arg, barg):  # noqa: ANN001, ANN202
+        return [g_lo]
+
+    def finish(chunk, state):  # noqa: ANN001, ANN202
+        seen[chunk.lo] = state
+
+    tile_reduce(kernel, Q, G, init=lambda c: [], merge=lambda a, b: a + b, on_chunk=finish, chunk_rows=4,
+                runner=LocalRunner())
+    assert sorted(seen) == [c.lo for c in query_chunks(Q, 4)]
+    assert all(v == [0, 9, 18, 27, 36, 45] for v in seen.values())
+
+
+def test_chunks_with_no_wanted_block_still_complete(rng: np.random.Generator) -> None:
+    Q, G = ArrayBlocks(rng.random((12, 2)), 4), ArrayBlocks(rng.random((8, 2)), 4)
+    done = []
+    tile_reduce(lambda *a: 1, Q, G, init=lambda c: 0, merge=lambda a, b: a + b,
+                on_chunk=lambda c, s: done.append((c.lo, s)), chunk_rows=4,
+                wanted=lambda c: [] if c.lo == 4 else [0, 1], runner=LocalRunner())
+    assert sorted(done) == [(0, 2), (4, 0), (8, 2)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 25), st.integers(0, 10_000))
+def test_pair_scores_are_canonical_for_any_block_size(n: int, block_rows: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    i, j = rng.integers(0, n, 40), rng.integers(0, n, 40)
+    got = canonical_pair_scores(ArrayBlocks(X, block_rows), i, j, runner=LocalRunner())
+    assert np.array_equal(got, canonical_scores(X, X, i, j))
+
+
+def test_block_reductions_and_kmeans_on_a_source(tmp_path: Path, rng: np.random.Generator,
+                                                 unit: Callable[..., np.ndarray], runner: TileRunner) -> None:
+    X = unit(rng, 120, 6)
+    src = stored(tmp_path, X, 25)
+    total = reduce_blocks(lambda b, lo, _: b.astype(np.float64).sum(axis=0), src, np.add, np.zeros(6),
+                          runner=LocalRunner())
+    assert np.allclose(total, X.astype(np.float64).sum(axis=0))
+    want = kmeans(X, 4, seed=3, block_size=16, runner=LocalRunner())
+    got = kmeans(src, 4, seed=3, block_size=16, runner=runner)
+    assert np.array_equal(got.labels, want.labels) and np.array_equal(got.centroids, want.centroids)
+    par = kmeans(src, 4, seed=3, init="k-means||", block_size=16, runner=runner)
+    assert par.labels.shape == (120,) and np.isfinite(par.inertia)
