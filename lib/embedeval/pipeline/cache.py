@@ -2,10 +2,13 @@
 
 An entry is (content hash -> vector) under a key that pins everything else that decides the vector:
 model family and architecture, the weights (file checksum, or the seed of random weights), the
-preprocessing and the dimension. Layout: ``<root>/cache/<key>/<kind>/part-*.parquet`` with columns
-``content_sha256`` (string) and ``vector`` (fixed_size_list<float32>[d]); ``kind`` is ``image`` (images and
-sketches share the image tower) or ``text``. Each file is written atomically and only ever added, so a
-killed run leaves valid entries behind; duplicates across files are harmless (the first wins).
+preprocessing and the dimension. Layout: ``<root>/cache/<key>/<kind>/part-<modality>-<digest>.parquet`` with
+columns ``content_sha256`` (string) and ``vector`` (fixed_size_list<float32>[d]); ``kind`` is ``image`` (images
+and sketches share the image tower) or ``text``. A file's name is decided by what it holds (its modality and
+its entries' content hashes, see :func:`entries_path`), never by the rows' (id, sub): so no file replaces
+another with different entries, whether from another modality, batch, run or catalogue, while a retried task
+rewrites its own file. Each file is written atomically and only ever added, so a killed run leaves valid
+entries behind; duplicates across files are harmless (the first wins).
 
 Memory: a lookup holds the cache's hashes (and the hits' vectors) in the driver: ~100 bytes + 4*d per
 entry, fine to a few million items; beyond that, shard catalogues by run.
@@ -84,5 +87,21 @@ class EmbeddingCache:
         index = np.where(np.isnan(positions.astype(np.float64)), -1, positions).astype(np.int64)
         return index, table.column("vector").combine_chunks()
 
-    def entries_table(self, hashes: pa.Array, vectors: pa.Array) -> pa.Table:
-        return pa.table({"content_sha256": hashes.cast(pa.string()), "vector": vectors})
+
+def entries_path(cache_dir: str, modality: str, hashes: list[str]) -> str:
+    """Where new entries go: ``<cache_dir>/<kind>/part-<modality>-<digest>.parquet``, the digest over ``hashes``.
+
+    Two files share a path only when they hold the same content hashes in the same order (under one key,
+    the same vectors), so writing one never loses another's entries.
+    """
+    h = hashlib.sha256(modality.encode())
+    for digest in hashes:
+        h.update(f"\x1e{digest}".encode())
+    return f"{cache_dir}/{cache_kind(modality)}/part-{modality}-{h.hexdigest()[:32]}.parquet"
+
+
+def write_entries(storage: Storage, cache_dir: str, modality: str, hashes: pa.Array | pa.ChunkedArray,
+                  vectors: pa.Array | pa.ChunkedArray) -> None:
+    """Add (content hash -> vector) entries of one modality to the cache at ``cache_dir``, as one new file."""
+    table = pa.table({"content_sha256": hashes.cast(pa.string()), "vector": vectors})
+    storage.write_parquet(entries_path(cache_dir, modality, table.column("content_sha256").to_pylist()), table)

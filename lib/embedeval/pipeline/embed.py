@@ -65,6 +65,7 @@ class PartitionSummary:
     seconds: float
     weights_random: bool
     from_cache: int = 0  # of the embedded rows, how many came from the embedding cache
+    cache_used: bool = False  # built with the embedding cache on (then the summary line says from_cache)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class EmbedSummary:
             mq = self.manifest_quarantined_by_modality.get(p.modality, 0)
             flag = "  [RANDOM WEIGHTS]" if p.weights_random else ""
             state = " (already committed)" if p.skipped else f" in {p.seconds:.1f}s"
-            if p.from_cache:
+            if p.cache_used:
                 state += f", {p.from_cache} from cache"
             out.append(f"  {p.model} / {p.modality}: {p.inputs + mq} read = {p.embedded} embedded + "
                        f"{p.quarantined + mq} quarantined{state}{flag}")
@@ -211,7 +212,8 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
                               errors_files=[r["errors_path"] for r in mine if r["errors_path"]])
         write_commit_marker(storage, record)
         summaries[modality] = PartitionSummary(model, modality, mod_inputs.num_rows, rows, quarantined, False,
-                                               seconds, info.weights_random, from_cache.get(modality, 0))
+                                               seconds, info.weights_random, from_cache.get(modality, 0),
+                                               cache is not None)
     return [summaries[m] for m in inputs_by_modality]
 
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from embedeval.io.embeddings import embeddings_table, table_checksum
 from embedeval.io.quarantine import ERRORS_SCHEMA
 from embedeval.io.storage import S3Options, Storage
-from embedeval.pipeline.cache import bytes_sha256, cache_kind, text_sha256
+from embedeval.pipeline.cache import bytes_sha256, text_sha256, write_entries
 from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,10 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         target.storage.write_parquet(path, table, metadata={**target.metadata, "embedeval.modality": modality})
         sha = table_checksum(table)
         if target.cache_dir and "content_sha256" in good.column_names:
-            fresh = good.filter(pc.is_valid(good.column("content_sha256")))
-            if fresh.num_rows:
-                entries = pa.table({"content_sha256": fresh.column("content_sha256"),
-                                    "vector": table.column("vector").filter(pc.is_valid(good.column("content_sha256")))})
-                target.storage.write_parquet(f"{target.cache_dir}/{cache_kind(modality)}/{name}", entries)
+            fresh = pc.is_valid(good.column("content_sha256"))
+            if pc.any(fresh).as_py():
+                write_entries(target.storage, target.cache_dir, modality, good.column("content_sha256").filter(fresh),
+                              table.column("vector").filter(fresh))
     if bad.num_rows:
         errors = pa.table({
             "id": bad.column("id"), "sub": bad.column("sub").cast(pa.int16()),
