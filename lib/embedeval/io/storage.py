@@ -24,13 +24,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from embedeval.errors import EmbedevalError
+
 # S3-compatible servers other than AWS (rclone's in particular) reject the newer default request
 # checksums of the AWS SDKs. "when_required" is the older behaviour and is harmless on real S3.
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
 
 
-class StorageError(RuntimeError):
+class StorageError(EmbedevalError, RuntimeError):
     """A read or write against the root failed after retries; the message names the URI."""
 
 

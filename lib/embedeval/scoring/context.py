@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from embedeval.engine.runner import TileRunner
+from embedeval.errors import EmbedevalError
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.settings import ScoreSettings
 
 
-class ScoringError(ValueError):
+class ScoringError(EmbedevalError, ValueError):
     """Inputs cannot be scored as asked; the message names the model, modality, column or setting."""
 
 

@@ -27,11 +27,13 @@ from typing import Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from embedeval.errors import EmbedevalError
+
 ALL_TARGET = "all"
 UNCATEGORISED = "uncategorised"
 
 
-class TagError(ValueError):
+class TagError(EmbedevalError, ValueError):
     """Tag inputs cannot produce a vector; the message names the tag or category and the remedy."""
 
 
