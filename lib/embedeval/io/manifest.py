@@ -26,7 +26,6 @@ from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
 
 MEDIA_COLUMNS = ("image", "sketch")
 LIST_COLUMNS = ("captions", "tags")
-STRING_COLUMNS = ("id", "image", "sketch", "label", "split", "class_split")
 
 
 class ManifestError(EmbedevalError, ValueError):
