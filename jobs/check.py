@@ -20,15 +20,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", default=None, help="overrides root in the config")
     args = parser.parse_args(argv)
     add_library_to_path()
-    from embedeval.config import ConfigError, load_config
+    from embedeval.cli import report_user_error
+    from embedeval.config import load_config
+    from embedeval.errors import EmbedevalError
     from embedeval.pipeline.ray_runtime import check_cluster
 
     try:
         config = load_config(args.config, {"root": args.root})
-    except ConfigError as exc:
-        print(f"embedeval: error: {exc}", file=sys.stderr)
-        return 2
-    checks = check_cluster(config)
+        checks = check_cluster(config)
+    except EmbedevalError as exc:
+        return report_user_error(exc)
     print(f"cluster check of {len(checks)} node(s), root {config.root}:")
     for check in checks:
         print(f"  {'ok  ' if check.ok else 'FAIL'} {check.line()}")

@@ -13,8 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from s3_server import S3Server, start_s3_server  # noqa: E402
 
-os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 

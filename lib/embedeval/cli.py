@@ -1,6 +1,7 @@
 """The `embedeval` command: parse arguments, call the library, exit with a clear status.
 
-Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage or config.
+Exit codes: 0 success, 1 the job failed, 2 bad usage or config, 130 interrupted. A failure the user can
+act on is an :class:`~embedeval.errors.EmbedevalError`: one line on stderr, and its class's ``exit_code``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Callable
+
+from embedeval.errors import EmbedevalError, one_line
 
 EXAMPLES = {
     "main": """\
@@ -159,19 +162,33 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status (see the module docstring).
+
+    A user error (any :class:`~embedeval.errors.EmbedevalError`) is printed as one line on stderr,
+    ``embedeval: error: <message>``, and the status is the error class's ``exit_code``; with
+    ``--verbose`` its traceback is logged first. Any other exception is a bug and propagates.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from embedeval.errors import USER_ERRORS
-
     try:
         return COMMANDS[args.command](args)
-    except USER_ERRORS as exc:
-        print(f"embedeval: error: {exc}", file=sys.stderr)
-        return 2 if type(exc).__name__ == "ConfigError" else 1
+    except EmbedevalError as exc:
+        return report_user_error(exc, verbose=args.verbose)
     except KeyboardInterrupt:
         print("embedeval: interrupted; rerun with the same --run-id to resume", file=sys.stderr)
         return 130
+
+
+def report_user_error(exc: EmbedevalError, verbose: bool = False) -> int:
+    """Print ``exc`` as one ``embedeval: error:`` line on stderr and return its class's exit code.
+
+    With ``verbose`` the traceback is logged (at DEBUG) before the line, for a bug report.
+    """
+    if verbose:
+        logging.getLogger("embedeval").debug("user error", exc_info=exc)
+    print(f"embedeval: error: {one_line(exc)}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from embedeval.errors import EXIT_USAGE, EmbedevalError
 from embedeval.io.storage import S3Options
 from embedeval.report.settings import ReportSettings
 from embedeval.scoring.settings import ScoreSettings
@@ -22,8 +23,10 @@ from embedeval.scoring.settings import ScoreSettings
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(EmbedevalError, ValueError):
     """The config cannot be used; the message names the key (or file) at fault and what is expected."""
+
+    exit_code = EXIT_USAGE
 
 
 class ModelEntry(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -53,3 +55,23 @@ def test_wrong_credentials_give_clear_error(s3_server, tmp_path) -> None:  # noq
     with pytest.raises((StorageError, OSError)) as info:
         bad.write_bytes("f.bin", b"x")
     assert "wrong-secret-value" not in str(info.value)
+
+
+def test_checksum_settings_reach_boto3_and_pyarrow_without_import_side_effects(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # rclone (and other S3-compatible servers) reject the SDKs' newer default checksums. boto3 gets the
+    # settings in its Config; pyarrow only reads them from the environment, set when an S3FileSystem is made.
+    from embedeval.io.storage import S3Options, make_filesystem
+
+    names = ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
+    for name in names:
+        monkeypatch.setenv(name, "unset")  # so that monkeypatch restores the variable's first state
+        monkeypatch.delenv(name)
+    options = S3Options(endpoint_url="http://127.0.0.1:9", access_key_id="a", secret_access_key="b")
+    config = options.boto3_client().meta.config
+    assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required",) * 2
+    assert not any(name in os.environ for name in names)
+    make_filesystem("s3://bucket/x", options)
+    assert [os.environ[name] for name in names] == ["when_required"] * 2
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the user's choice wins
+    assert S3Options().boto3_client().meta.config.request_checksum_calculation == "when_supported"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image
 
@@ -94,3 +94,14 @@ def test_reads_from_s3(s3_options, s3_server) -> None:  # noqa: ANN001
     assert reader.read_image("s3://test/media/a.png").size == (50, 40)
     with pytest.raises(BadItem, match="missing file"):
         reader.read_image("s3://test/media/none.png")
+
+
+def test_pillow_settings_are_left_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's guard stays on for the rest of the process (report thumbnails): decoding sets the read's
+    # own limit for the read only, even when it is above Pillow's or the read fails.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=1_000_000).size == (100, 100)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(BadItem, match="over the limit"):
+        decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=5000)
+    assert Image.MAX_IMAGE_PIXELS == 1000 and ImageFile.LOAD_TRUNCATED_IMAGES is False

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from embedeval.errors import EmbedevalError
 from embedeval.io.storage import Storage
 
 COMMIT_MARKER = "_COMMITTED.json"
 FORMAT_VERSION = 1
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(EmbedevalError, ValueError):
     """Embeddings are missing, uncommitted or inconsistent; the message names the partition."""
 
 

@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from embedeval.errors import EmbedevalError
 from embedeval.io.quarantine import QuarantineLog
 from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
 
 MEDIA_COLUMNS = ("image", "sketch")
 LIST_COLUMNS = ("captions", "tags")
-STRING_COLUMNS = ("id", "image", "sketch", "label", "split", "class_split")
 
 
-class ManifestError(ValueError):
+class ManifestError(EmbedevalError, ValueError):
     """The manifest file as a whole cannot be used; the message names the file and what to change."""
 
 

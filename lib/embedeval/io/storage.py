@@ -24,13 +24,19 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from embedeval.errors import EmbedevalError
+
 # S3-compatible servers other than AWS (rclone's in particular) reject the newer default request
-# checksums of the AWS SDKs. "when_required" is the older behaviour and is harmless on real S3.
-os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+# checksums of the AWS SDKs (rclone answers a checksummed PutObject with 411 MissingContentLength and a
+# checksummed CompleteMultipartUpload with MalformedXML). "when_required" is the older behaviour and is
+# harmless on real S3. A value the user set in the environment wins.
+_CHECKSUM_SETTINGS = {
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+}
 
 
-class StorageError(RuntimeError):
+class StorageError(EmbedevalError, RuntimeError):
     """A read or write against the root failed after retries; the message names the URI."""
 
 
@@ -83,6 +89,8 @@ class S3Options(BaseModel):
                 connect_timeout=self.connect_timeout_s,
                 read_timeout=self.request_timeout_s,
                 s3={"addressing_style": "path"},
+                request_checksum_calculation=_checksum_setting("AWS_REQUEST_CHECKSUM_CALCULATION"),
+                response_checksum_validation=_checksum_setting("AWS_RESPONSE_CHECKSUM_VALIDATION"),
             ),
         }
         if self.resolved_endpoint():
@@ -111,6 +119,24 @@ def make_filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSys
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+def _checksum_setting(name: str) -> str:
+    """The value of one AWS checksum setting: the environment's if set, else ``when_required``."""
+    return os.environ.get(name) or _CHECKSUM_SETTINGS[name]
+
+
+def _apply_checksum_env() -> None:
+    """Put the AWS checksum settings in the process environment if the user has not set them.
+
+    pyarrow's S3FileSystem offers no option for them: the AWS C++ SDK inside it reads
+    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` from the environment
+    each time a client is made (a filesystem made before the variables are set keeps checksumming, one
+    made after does not). So they are set here, just before each S3FileSystem is made, rather than when
+    this module is imported; boto3 clients get the same settings through their ``Config`` instead.
+    """
+    for name in _CHECKSUM_SETTINGS:
+        os.environ[name] = _checksum_setting(name)
+
+
 def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {
         "region": s3.resolved_region(),
@@ -137,6 +163,7 @@ def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
         kwargs["secret_key"] = s3.secret_access_key.get_secret_value()
         if s3.session_token:
             kwargs["session_token"] = s3.session_token.get_secret_value()
+    _apply_checksum_env()
     return pafs.S3FileSystem(**kwargs)
 
 

@@ -13,11 +13,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from embedeval.errors import EmbedevalError
+
 IMAGE_MODALITIES = ("image", "sketch")
 ALL_MODALITIES = ("image", "sketch", "text")
 
 
-class ModelError(ValueError):
+class ModelError(EmbedevalError, ValueError):
     """A model spec cannot be resolved or loaded; the message says which spec and what to do."""
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedeval.config import ModelEntry, RunConfig, redacted_yaml
+from embedeval.errors import EmbedevalError
 from embedeval.io.embeddings import (
     CommitRecord,
     PartFile,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 MANIFEST_ERRORS = "errors/stage=manifest/part-0.parquet"
 
 
-class EmbedError(RuntimeError):
+class EmbedError(EmbedevalError, RuntimeError):
     """A partition could not be built or its counts do not add up; the message names it."""
 
 

@@ -8,8 +8,11 @@ the whole job.
 from __future__ import annotations
 
 import io
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +20,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from embedeval.io.storage import S3Options, is_s3_uri, is_transient_error, make_filesystem
 
-# We enforce our own pixel limit *before* decoding; PIL's global limit would raise a warning or error
-# that we cannot attribute to an item. Truncated files must fail, not be silently padded with grey.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Serialises the swaps of PIL's process-wide settings in _pil_limits between threads of one process.
+_PIL_SETTINGS_LOCK = threading.RLock()
 
 
 @dataclass
@@ -106,22 +107,50 @@ class MediaReader:
         return decode_image(self.read_bytes(uri), self.limits.max_pixels)
 
 
+@contextmanager
+def _pil_limits(max_pixels: int | None) -> Iterator[None]:
+    """Within the block, PIL's decompression-bomb guard uses ``max_pixels`` (None: off) and truncated files fail.
+
+    PIL reads both settings from module globals while it opens and decodes, and offers no per-call
+    option, so they are set for the block only (one thread at a time) and the previous values restored
+    after it: nothing else in the process (report thumbnails, say) is left without PIL's own guard.
+    Inside the block a ``DecompressionBombWarning`` (over ``max_pixels``) is raised as an error, and PIL
+    raises ``DecompressionBombError`` itself past twice the limit.
+    """
+    with _PIL_SETTINGS_LOCK, warnings.catch_warnings():
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode to an RGB PIL image; raise BadItem for undecodable, truncated or oversized images."""
+    """Decode to an RGB PIL image; raise BadItem for undecodable, truncated or oversized images.
+
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded (so the reason
+    names the size), and while decoding PIL's own guard uses the same limit (for the frames and
+    sub-images it checks as it goes). PIL's process-wide settings are as they were when this returns.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _pil_limits(None):  # the header only; the check below says how big the image is
             img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadItem("decode", f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                                        f"{max_pixels} (embed.max_image_pixels)")
+        width, height = img.size
+        if width * height > max_pixels:
+            raise BadItem("decode", f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                                    f"{max_pixels} (embed.max_image_pixels)")
+        with _pil_limits(max_pixels):
             img.load()
     except BadItem:
         raise
     except UnidentifiedImageError:
         raise BadItem("decode", "not a decodable image (unknown format or wrong extension with bad content)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise BadItem("decode", f"image is over the limit of {max_pixels} pixels (embed.max_image_pixels): "
+                                f"{str(exc)[:200]}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc)
         if "truncated" in msg.lower() or "image file is truncated" in msg:
             raise BadItem("decode", f"truncated image: {msg[:200]}") from None

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import pyarrow as pa
 
+from embedeval.errors import EmbedevalError
 from embedeval.io.storage import Storage
 from embedeval.scoring.schema import SCORES_PATH, ScoreRow
 
@@ -20,7 +21,7 @@ ScoreKey = tuple[str, str, str, str, int | None, str, str | None]
 
 
 
-class ReportError(ValueError):
+class ReportError(EmbedevalError, ValueError):
     """The report cannot be built from what is in storage; the message names the file and the remedy."""
 
 

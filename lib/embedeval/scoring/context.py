@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 
 from embedeval.engine.runner import TileRunner
 from embedeval.engine.sources import BlockSource
+from embedeval.errors import EmbedevalError
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.settings import ScoreSettings
 
 
-class ScoringError(ValueError):
+class ScoringError(EmbedevalError, ValueError):
     """Inputs cannot be scored as asked; the message names the model, modality, column or setting."""
 
 

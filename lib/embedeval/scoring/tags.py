@@ -29,11 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from embedeval.errors import EmbedevalError
+
 ALL_TARGET = "all"
 UNCATEGORISED = "uncategorised"
 
 
-class TagError(ValueError):
+class TagError(EmbedevalError, ValueError):
     """Tag inputs cannot produce a vector; the message names the tag or category and the remedy."""
 
 
