@@ -141,3 +141,21 @@ def test_block_reductions_and_kmeans_on_a_source(tmp_path: Path, rng: np.random.
     assert np.array_equal(got.labels, want.labels) and np.array_equal(got.centroids, want.centroids)
     par = kmeans(src, 4, seed=3, init="k-means||", block_size=16, runner=runner)
     assert par.labels.shape == (120,) and np.isfinite(par.inertia)
+
+
+def test_torch_backend_gives_the_numpy_bits(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> None:
+    from embedeval.engine.kernels import backend_for, current
+
+    X = unit(rng, 130, 16)
+    X[5] = X[2]
+    ql = rng.integers(0, 3, 130)
+    torch_runner = LocalRunner(backend=backend_for("torch"))
+    for runner_pair in ((LocalRunner(), torch_runner),):
+        a, b = (exact_topk(X, X, 7, exclude_self=True, block_size=20, runner=r) for r in runner_pair)
+        assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+        ra, rb = (positive_ranks(X, X, ql, ql, block_size=20, runner=r, exclude_same_index=True)
+                  for r in runner_pair)
+        assert np.array_equal(ra.ranks, rb.ranks)
+        ka, kb = (kmeans(X, 3, seed=1, block_size=20, runner=r) for r in runner_pair)
+        assert np.array_equal(ka.labels, kb.labels)
+    assert current().name == "numpy"                       # the runner restores the process's backend

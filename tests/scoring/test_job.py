@@ -74,7 +74,8 @@ def write_run(root: Path, rng: np.random.Generator) -> tuple[Storage, pa.Table]:
 
 def small_settings(**kw: object) -> ScoreSettings:
     base = dict(corr_ks=[5, 10], corr_anchors=40, fewshot_ns=[5], fewshot_repeats=3, bootstrap_resamples=20,
-                map_cutoffs=[20], precision_ks=[10], spearman_max_pairs=500, use_ray=False, block_size=32)
+                map_cutoffs=[20], precision_ks=[10], spearman_max_pairs=500, use_ray=False, block_size=32,
+                block_rows=16)
     base.update(kw)
     return ScoreSettings(**base)
 
@@ -118,8 +119,9 @@ def test_score_run_end_to_end(tmp_path: Path, rng: np.random.Generator, ray_loca
     assert set(protos["model"].unique()) == {"good", "rand"}
     assert any("corrembed" in m for m in messages)
 
-    # rerun: identical values (seeded), identical row order
-    again = score_run(storage, RUN, manifest, CATEGORIES, small_settings())
+    # recomputed from scratch in-process, other tile and block sizes: identical values and row order
+    storage.delete_dir(f"runs/{RUN}/scores")
+    again = score_run(storage, RUN, manifest, CATEGORIES, small_settings(block_size=7, block_rows=5))
     assert again.drop_columns(["seconds"]).equals(table.drop_columns(["seconds"]))
 
 
@@ -190,3 +192,12 @@ def test_no_tags_and_settings_validation(tmp_path: Path, rng: np.random.Generato
     with pytest.raises(ValidationError, match="unknown modalities"):
         ScoreSettings(corr_modalities=["images"])
     assert job_module.AMBIGUITY_PATH.endswith("ambiguity.parquet")
+
+
+def test_torch_tiles_give_the_numpy_scores(tmp_path: Path, rng: np.random.Generator) -> None:
+    """score.device=torch runs every tile GEMM in torch (CPU here, CUDA on a GPU node): same scores."""
+    storage, manifest = write_run(tmp_path, rng)
+    on_numpy = score_run(storage, RUN, manifest, CATEGORIES, small_settings(device="cpu"))
+    storage.delete_dir(f"runs/{RUN}/scores")
+    on_torch = score_run(storage, RUN, manifest, CATEGORIES, small_settings(device="torch"))
+    assert on_torch.drop_columns(["seconds"]).equals(on_numpy.drop_columns(["seconds"]))

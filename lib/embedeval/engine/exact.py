@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedeval.engine.kernels import unit_roundoff
+
 _CHUNK_ELEMENTS = 1 << 22  # rows x d per chunk: 32 MiB of float64
 
 
@@ -58,7 +60,7 @@ def gemm_error_bound(d: int, dtype: np.dtype | type) -> float:
     Standard dot-product bound gamma_d = d u / (1 - d u) for the GEMM (u = 2^-24 in float32, 2^-53 in
     float64, any summation order) plus the same for the canonical float64 sum, with a 2x margin.
     """
-    u = 2.0 ** -24 if np.dtype(dtype) == np.float32 else 2.0 ** -53
+    u = unit_roundoff(dtype)  # float32, float64, or TF32 when the CUDA backend allows it
     u64 = 2.0 ** -53
     m = d + 2
 

@@ -23,6 +23,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from embedeval.engine.exact import gemm_error_bound
+from embedeval.engine.kernels import matmul_t
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE, TILE_COLUMNS
 from embedeval.engine.runner import TileRunner, default_runner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
@@ -190,7 +191,7 @@ def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[
     approx = np.empty((b, C.shape[0]))
     for c0 in range(0, C.shape[0], tile_columns):
         c1 = min(C.shape[0], c0 + tile_columns)
-        approx[:, c0:c1] = cc[None, c0:c1] - 2.0 * (x32 @ C[c0:c1].astype(np.float32).T)
+        approx[:, c0:c1] = cc[None, c0:c1] - 2.0 * matmul_t(x32, C[c0:c1].astype(np.float32))
     labels = np.argmin(approx, axis=1)
     best = approx[np.arange(b), labels]
     eps = 2.0 * gemm_error_bound(d, np.float32) * np.sqrt(np.einsum("ij,ij->i", x64, x64)) * np.sqrt(cc.max())

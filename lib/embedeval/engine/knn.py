@@ -13,6 +13,7 @@ import numpy as np
 
 from embedeval.engine.exact import (canonical_scores, canonical_scores_grid, gemm_error_bound, max_row_norm,
                                    row_norms)
+from embedeval.engine.kernels import matmul_t
 from embedeval.engine.runner import TileRunner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
 from embedeval.engine.sums import pearson_from_sums
@@ -168,7 +169,7 @@ def _scan_topk(q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray, tile_c
     for c0 in range(0, G.shape[0], tile_columns):
         c1 = min(G.shape[0], c0 + tile_columns)
         tile = tile_buf if c1 - c0 == tile_columns else np.empty((b, c1 - c0), dtype=np.float32)
-        np.matmul(q, G[c0:c1].T, out=tile)
+        matmul_t(q, G[c0:c1], out=tile)
         _ban_excluded(tile, exclude, c0, c1)
         update_with_tile(state, tile, c0, mask_buf)
     return state
@@ -187,7 +188,7 @@ def _rescan_exact(q: np.ndarray, G: np.ndarray, k: int, exclude: np.ndarray, flo
     cols_found: list[np.ndarray] = []
     for c0 in range(0, G.shape[0], tile_columns):
         c1 = min(G.shape[0], c0 + tile_columns)
-        tile = q @ G[c0:c1].T
+        tile = matmul_t(q, G[c0:c1])
         _ban_excluded(tile, exclude, c0, c1)
         r, c = np.nonzero(tile >= floor[:, None])
         rows_found.append(r)

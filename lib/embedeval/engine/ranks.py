@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from embedeval.engine.exact import _row_dots, canonical_scores, gemm_error_bound, max_row_norm, row_norms
+from embedeval.engine.kernels import matmul_t
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE
 from embedeval.engine.runner import TileRunner, default_runner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
@@ -379,7 +380,7 @@ def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tup
     sorted_counts = int(thr.lengths.max()) >= _SORTED_COUNT_FROM_POSITIVES if thr.lengths.size else False
     for c0 in range(0, w, tile_columns):
         c1 = min(w, c0 + tile_columns)
-        tile = qd @ np.asarray(g[c0:c1], dtype=dtype).T
+        tile = matmul_t(qd, np.asarray(g[c0:c1], dtype=dtype))
         inside = (ex_cols >= c0) & (ex_cols < c1)
         tile[ex_rows[inside], ex_cols[inside] - c0] = -np.inf
         if sorted_counts:

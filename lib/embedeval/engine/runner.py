@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from embedeval.engine import kernels
 from embedeval.engine.validate import check_block_size
 
 BlockTask = Callable[..., Any]
@@ -191,9 +192,11 @@ class LocalRunner(TileRunner):
     GEMM bits exactly; results of the exact reductions do not depend on it).
     """
 
-    def __init__(self, measure_memory: bool = False, blas_threads: int | None = None) -> None:
+    def __init__(self, measure_memory: bool = False, blas_threads: int | None = None,
+                 backend: "kernels.Backend | None" = None) -> None:
         super().__init__(slots=1, measure_memory=measure_memory)
         self.blas_threads = blas_threads
+        self.backend = backend
 
     def put(self, array: np.ndarray) -> Shared:
         return Shared(handle=array, shape=array.shape, dtype=array.dtype)
@@ -210,20 +213,28 @@ class LocalRunner(TileRunner):
     def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
                   params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
         t0 = time.perf_counter()
+        before = kernels.current()
+        params = {**(params or {}), **({"_backend": self.backend} if self.backend is not None else {})}
         try:
             for i, call in enumerate(calls):
                 with _blas_limit(self.blas_threads):
-                    value, stats = run_call(fn, dict(params or {}), self.measure_memory, *call)
+                    value, stats = run_call(fn, params, self.measure_memory, *call)
                 self.stats.add_task(stats)
                 yield i, value
         finally:
+            kernels.use_backend(before)
             self.stats.wall_s += time.perf_counter() - t0
 
 
 def run_call(fn: Callable[..., Any], params: Mapping[str, Any], measure_memory: bool,
              *call: Any) -> tuple[Any, TaskStats]:
     """Call ``fn(*call, **params)`` and time it (the body of every generic call, local or remote; the
-    call's arguments travel as top-level task arguments, so Ray resolves object refs among them)."""
+    call's arguments travel as top-level task arguments, so Ray resolves object refs among them).
+    ``params["_backend"]``, when given, selects the GEMM backend for the call (``engine.kernels``)."""
+    params = dict(params)
+    backend = params.pop("_backend", None)
+    if backend is not None:
+        kernels.use_backend(backend)
     return run_block_task(lambda _s, _e, *args, **kw: fn(*args, **kw), 0, 0, params, measure_memory, *call)
 
 
@@ -266,7 +277,8 @@ class RayRunner(TileRunner):
     """
 
     def __init__(self, num_cpus_per_task: float = 1.0, max_in_flight: int | None = None,
-                 measure_memory: bool = False) -> None:
+                 measure_memory: bool = False, num_gpus_per_task: float = 0.0,
+                 backend: "kernels.Backend | None" = None) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -274,6 +286,10 @@ class RayRunner(TileRunner):
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         slots = max(1, int(cpus // num_cpus_per_task))
         self.num_cpus_per_task = num_cpus_per_task
+        self.num_gpus_per_task = num_gpus_per_task
+        self.backend = backend
+        if num_gpus_per_task > 0:  # one task per GPU share: the GPUs bound the slots
+            slots = min(slots, max(1, int(float(ray.cluster_resources().get("GPU", 0)) // num_gpus_per_task)))
         self.max_in_flight = 2 * slots if max_in_flight is None else int(max_in_flight)
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1; got {max_in_flight}")
@@ -319,8 +335,8 @@ class RayRunner(TileRunner):
                   params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
         import ray
 
-        remote = _remote_call().options(num_cpus=self.num_cpus_per_task)
-        params = dict(params or {})
+        remote = _remote_call().options(num_cpus=self.num_cpus_per_task, num_gpus=self.num_gpus_per_task)
+        params = {**(params or {}), **({"_backend": self.backend} if self.backend is not None else {})}
         pending: dict[Any, int] = {}
         todo = enumerate(calls)
         t0 = time.perf_counter()

@@ -90,14 +90,14 @@ def query_rows(source: BlockSource, rows: np.ndarray, runner: TileRunner | None 
                block_rows: int = 32768) -> BlockSource:
     """The rows ``rows`` of a source as queries for ``tile_reduce``.
 
-    A sparse, small set (anchors, a seeded query sample) is gathered into dense blocks, so each tile
-    multiplies a full chunk; a large or dense one stays a ``Selection`` read where the blocks are.
-    Memory: at most ``_GATHER_QUERIES_BYTES`` on the driver.
+    A sparse, small set (at most a quarter of the rows: anchors, a seeded query sample) is gathered into
+    dense blocks, so each tile multiplies a full chunk; a dense one stays a ``Selection`` read where the
+    blocks are. Rows out of order are always gathered. Memory: at most ``_GATHER_QUERIES_BYTES`` (and
+    a quarter of the source) on the driver.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == source.n:
-        return source.select(rows) if np.all(np.diff(rows) > 0) else ArrayBlocks(gather_rows(source, rows, runner))
-    if rows.size * source.dim * 4 <= _GATHER_QUERIES_BYTES or not np.all(np.diff(rows) > 0):
+    ordered = rows.size < 2 or bool(np.all(np.diff(rows) > 0))
+    if not ordered or (4 * rows.size <= source.n and rows.size * source.dim * 4 <= _GATHER_QUERIES_BYTES):
         return ArrayBlocks(gather_rows(source, rows, runner), block_rows)
     return source.select(rows)
 

@@ -166,17 +166,34 @@ def _tag_vectors(catalogue: CatalogueView, tag_categories: dict[str, str] | None
 
 
 def _make_runner(settings: ScoreSettings) -> Any:
-    """The engine's Ray tile runner when asked for and Ray is up; None runs tiles in-process."""
+    """The engine's Ray tile runner when asked for and Ray is up, else in-process; GEMMs on the device
+    ``score.device`` names (``auto``: a GPU per task when the cluster has GPUs)."""
+    from embedeval.engine.kernels import backend_for
     from embedeval.engine.runner import LocalRunner, RayRunner
 
-    if not settings.use_ray:
-        return LocalRunner()
-    import ray
+    ray_up = False
+    if settings.use_ray:
+        import ray
 
-    if not ray.is_initialized():
-        log.info("Ray is not initialised: engine tiles run in-process")
-        return LocalRunner()
-    return RayRunner()
+        ray_up = ray.is_initialized()
+        if not ray_up:
+            log.info("Ray is not initialised: engine tiles run in-process")
+    device = settings.device
+    if device == "auto":
+        gpus = 0.0
+        if ray_up:
+            import ray
+
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+        else:
+            import torch
+
+            gpus = float(torch.cuda.device_count())
+        device = "cuda" if gpus > 0 else "cpu"
+    backend = backend_for(device, settings.allow_tf32)
+    if not ray_up:
+        return LocalRunner(backend=backend)
+    return RayRunner(num_gpus_per_task=1.0 if device == "cuda" else 0.0, backend=backend)
 
 
 def _is_system_failure(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ ALL_TASKS: tuple[TaskName, ...] = ("corrembed", "rankability", "retrieval", "pro
 
 # Settings that change how the work is run, never a number: excluded from the inputs fingerprint, so
 # changing them keeps committed score units (and proves the results do not depend on them).
-EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks"}
+EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks", "device", "allow_tf32"}
 
 
 class ScoreSettings(BaseModel):
@@ -36,6 +36,11 @@ class ScoreSettings(BaseModel):
     block_rows: int = Field(32768, ge=1, description="rows per block file of the prepared unit vectors (a tile's "
                                                      "gallery side); 32768 x 512 float32 = 64 MiB")
     use_ray: bool = Field(True, description="run engine tiles as Ray tasks when Ray is initialised")
+    device: Literal["auto", "cpu", "cuda", "torch"] = Field(
+        "auto", description="where tile GEMMs run: auto (cuda when the cluster has GPUs, else cpu), cpu (numpy), "
+                            "cuda (torch on one GPU per task), torch (torch on CPU); results are identical")
+    allow_tf32: bool = Field(False, description="let CUDA tiles use TF32 (faster; the exactness recheck widens to "
+                                                "TF32's error bound, so results stay identical)")
     keep_blocks: bool = Field(False, description="keep the prepared unit-vector blocks under scores/blocks after "
                                                  "the stage (they are a copy of the embeddings' size)")
     bootstrap_resamples: int = Field(200, ge=0, description="bootstrap resamples per score; 0 = no interval")
