@@ -176,7 +176,7 @@ def gemm_flops(unit_key: str, n: int, settings: object, dT: int = TAGS) -> float
     return 0.0
 
 
-def run_scores(root: Path, n: int, sample: int | None) -> dict[str, object]:
+def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None) -> dict[str, object]:
     import pyarrow.parquet as pq
     import ray
 
@@ -184,7 +184,8 @@ def run_scores(root: Path, n: int, sample: int | None) -> dict[str, object]:
     from embedeval.scoring.job import score_run
     from embedeval.scoring.settings import ScoreSettings
 
-    settings = ScoreSettings(caption_max_queries=sample, label_max_queries=sample, ambiguity_max_items=sample)
+    settings = ScoreSettings(caption_max_queries=sample, label_max_queries=label_sample or sample,
+                             ambiguity_max_items=sample)
     manifest = pq.read_table(root / "manifest.parquet")
     categories = json.loads((root / "categories.json").read_text())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -210,7 +211,7 @@ def run_scores(root: Path, n: int, sample: int | None) -> dict[str, object]:
     rate_after = sgemm_rate(2)
     ray.shutdown()
     rate = max(rate, rate_after)
-    return {"n": n, "sample": sample, "wall_s": wall, "cpu_s": cpu, "rate_gflops": rate, "units": units,
+    return {"n": n, "sample": sample, "label_sample": label_sample or sample, "wall_s": wall, "cpu_s": cpu, "rate_gflops": rate, "units": units,
             "rows": table.num_rows, "failed": int(sum(1 for m in table.column("metric").to_pylist() if m == "failed")),
             "mem_base_gib": mem.base / GIB, "mem_peak_gib": mem.peak / GIB,
             "mem_peak_above_base_gib": (mem.peak - mem.base) / GIB, "settings": settings}
@@ -241,7 +242,8 @@ def report(result: dict[str, object]) -> None:
     n = int(result["n"])
     rate = float(result["rate_gflops"])
     s = result["settings"]
-    print(f"\nN = {n:,}  (d = {D}; image, 2 captions, sketch per item)  sample = {result['sample']}")
+    print(f"\nN = {n:,}  (d = {D}; image, 2 captions, sketch per item)  sample = {result['sample']}, "
+          f"label sample = {result['label_sample']}")
     print(f"float32 matmul rate, 2 threads: {rate:.1f} GFLOP/s")
     print(f"{'unit':<40} {'wall s':>9} {'GEMM s':>9} {'ratio':>7}")
     total_gemm = 0.0
@@ -303,6 +305,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, nargs="*", default=[], help="catalogue sizes to score")
     p.add_argument("--sample", type=int, default=None, help="seeded query sample of the O(N^2) tasks")
+    p.add_argument("--label-sample", type=int, default=None,
+                   help="seeded query sample of sketch->image alone (default: --sample)")
     p.add_argument("--work-dir", default="/tmp/bench-scale", help="where catalogues are generated (kept)")
     p.add_argument("--knn-items", type=int, default=0, help="also compare all-items k-NN with faiss at this N")
     p.add_argument("--json", default=None, help="append results as JSON lines to this file")
@@ -314,7 +318,7 @@ def main() -> None:
             root.mkdir(parents=True, exist_ok=True)
             generate(root, n)
             print(f"generated N = {n:,} in {time.perf_counter() - t0:.0f} s under {root}", flush=True)
-        result = run_scores(root, n, args.sample)
+        result = run_scores(root, n, args.sample, args.label_sample)
         report(result)
         if args.json:
             with open(args.json, "a") as f:

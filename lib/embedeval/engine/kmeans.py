@@ -161,7 +161,6 @@ class _Assigner:
 def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sums: bool, scale_exp: int,
                  tile_columns: int) -> _Assignment:
     """Block kernel: nearest centroid of the block's rows and, optionally, fixed-point cluster sums."""
-    x = np.asarray(block, dtype=np.float64)
     labels, min_sqdist = nearest_centroids(block, C, tile_columns)
     if not with_sums:
         return _Assignment(labels, min_sqdist, None, None)
@@ -169,7 +168,10 @@ def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sum
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     sums = np.zeros((k, d), dtype=np.int64)
     order = np.argsort(labels, kind="stable")
-    fixed = np.rint(x[order] * 2.0 ** scale_exp).astype(np.int64)
+    scaled = np.asarray(block[order], dtype=np.float64)
+    scaled *= 2.0 ** scale_exp
+    np.rint(scaled, out=scaled)
+    fixed = scaled.astype(np.int64)
     present = np.flatnonzero(counts)
     starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
     sums[present] = np.add.reduceat(fixed, starts, axis=0)
@@ -180,13 +182,13 @@ def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[
     """(labels, squared distances) of rows x to centroids C (float64), exactly.
 
     A float32 GEMM ranks the centroids (|c|^2 - 2 x.c, in column tiles); a centroid within the GEMM's
-    rigorous error bound of the best is a candidate, and candidates are decided by the direct float64
-    distance sum((x - c)^2) (ties: lower centroid index). Distances returned are those direct values, so
-    labels and distances are the same bits whatever block a row came in. Memory O(b x k + b x d).
+    rigorous error bound of the best is a candidate, and candidates are decided by the direct distance
+    sum((x - c)^2) (``_direct_sqdist``; ties: lower centroid index). Distances returned are those direct
+    values, so labels and distances are the same bits whatever block a row came in. Memory
+    O(b x k + b x d).
     """
     b, d = x.shape
     x32 = np.ascontiguousarray(x, dtype=np.float32)
-    x64 = np.asarray(x, dtype=np.float64)
     cc = np.einsum("ij,ij->i", C, C)
     approx = np.empty((b, C.shape[0]))
     for c0 in range(0, C.shape[0], tile_columns):
@@ -194,22 +196,25 @@ def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[
         approx[:, c0:c1] = cc[None, c0:c1] - 2.0 * matmul_t(x32, C[c0:c1].astype(np.float32))
     labels = np.argmin(approx, axis=1)
     best = approx[np.arange(b), labels]
-    eps = 2.0 * gemm_error_bound(d, np.float32) * np.sqrt(np.einsum("ij,ij->i", x64, x64)) * np.sqrt(cc.max())
+    x_norm = np.sqrt(np.einsum("ij,ij->i", x32, x32, dtype=np.float64))
+    eps = 2.0 * gemm_error_bound(d, np.float32) * x_norm * np.sqrt(cc.max())
     near = approx <= (best + 2.0 * eps + 1e-300)[:, None]
-    unsure = np.flatnonzero(near.sum(axis=1) > 1)
+    unsure = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
     if unsure.size:
         rows, cols = np.nonzero(near[unsure])
-        exact = _direct_sqdist(x64[unsure[rows]], C[cols])
+        exact = _direct_sqdist(x32[unsure[rows]], C[cols])
         order = np.lexsort((cols, exact, rows))
         first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
         labels[unsure[rows[first]]] = cols[first]
-    return labels.astype(np.int64), _direct_sqdist(x64, C[labels])
+    return labels.astype(np.int64), _direct_sqdist(x32, C[labels])
 
 
 def _direct_sqdist(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Row-wise sum((a - c)^2) in float64: one contiguous pairwise sum per row (the same bits in any batch)."""
+    """Row-wise sum((a - c)^2): differences in float64, one contiguous pairwise float64 sum per row, so
+    the same bits in any batch."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(c, dtype=np.float64)
-    return np.square(diff, out=diff).sum(axis=1)
+    np.square(diff, out=diff)
+    return diff.sum(axis=1)
 
 
 def _fixed_point_exponent(n: int, max_abs: float) -> int:

@@ -32,7 +32,7 @@ import numpy as np
 from embedeval.io.storage import Storage
 
 # Blocks a worker process keeps after loading them (least recently used first out).
-_BLOCK_CACHE_BYTES = 512 * 1024 * 1024
+_BLOCK_CACHE_BYTES = 256 * 1024 * 1024
 _cache: "OrderedDict[tuple[Any, int], np.ndarray]" = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -161,7 +161,8 @@ class StoredBlocks(BlockSource):
         return f"{prefix}/block-{b:06d}.npy"
 
     def load(self, b: int) -> np.ndarray:
-        key = (self.storage.root, self.prefix, self.tag)
+        # the layout is part of the key: a rewritten folder with other block sizes never hits old blocks
+        key = (self.storage.root, self.prefix, self.tag, self.n, hash(self.offsets.tobytes()))
 
         def read() -> np.ndarray:
             arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-# Upper bound on chunk_rows * n_units held at once (8 bytes each -> ~8 MB).
-_MAX_CELLS = 1_000_000
+# Upper bound on chunk_rows * n_units held at once (8 bytes each -> ~2 MB).
+_MAX_CELLS = 250_000
 
 
 @dataclass(frozen=True)

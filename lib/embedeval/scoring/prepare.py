@@ -65,7 +65,7 @@ def prepare_partition(storage: Storage, run_id: str, model: str, modality: str, 
     if record is None:
         raise ScoringError(f"no committed embeddings at {where}: run `embedeval embed` for run {run_id!r} first")
     prefix = blocks_dir(run_id, model, modality)
-    fingerprint = _fingerprint(record, catalogue)
+    fingerprint = _fingerprint(record, catalogue, block_rows)
     reused = _read_blocks_marker(storage, prefix, fingerprint)
     if reused is not None:
         return PreparedPartition(reused, record.model_info)
@@ -113,9 +113,10 @@ def prepare_partition(storage: Storage, run_id: str, model: str, modality: str, 
     return PreparedPartition(emb, record.model_info)
 
 
-def _fingerprint(record: CommitRecord, catalogue: CatalogueView) -> str:
-    """What the blocks depend on: the committed files and the manifest's ids (row numbers)."""
+def _fingerprint(record: CommitRecord, catalogue: CatalogueView, block_rows: int) -> str:
+    """What the blocks depend on: the committed files, the manifest's ids (row numbers), the block size."""
     h = hashlib.sha256()
+    h.update(f"block_rows={block_rows};".encode())
     for f in record.files:
         h.update(f"{f.path}:{f.rows}:{f.sha256};".encode())
     h.update(f"dim={record.dim};format={BLOCKS_FORMAT};".encode())
