@@ -27,7 +27,7 @@ from embedeval.engine.kernels import matmul_t
 from embedeval.engine.knn import DEFAULT_BLOCK_SIZE
 from embedeval.engine.runner import TileRunner, default_runner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
-from embedeval.engine.tiles import QueryChunk, query_chunks, tile_reduce
+from embedeval.engine.tiles import QueryChunk, pack_in_order, query_chunks, tile_reduce
 from embedeval.engine.validate import as_query_gallery, check_block_size
 
 NO_POSITIVE = 0  # best_positive_rank of a query without any true match (ranks are otherwise >= 1)
@@ -227,18 +227,8 @@ def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Releva
     chunks = query_chunks(q_src, chunk_rows)
     wanted = _blocks_with_positives(relevance, g_src) if relevance.indptr is not None else None
 
-    group: list[QueryChunk] = []
-    load = 0
-    groups: list[list[QueryChunk]] = []
-    for chunk in chunks:
-        size = int(counts[chunk.lo:chunk.hi].sum())
-        if group and load + size > _THRESHOLDS_PER_GROUP:
-            groups.append(group)
-            group, load = [], 0
-        group.append(chunk)
-        load += size
-    if group:
-        groups.append(group)
+    groups = [[chunks[i] for i in group] for group in
+              pack_in_order([int(counts[c.lo:c.hi].sum()) for c in chunks], _THRESHOLDS_PER_GROUP)]
 
     for group in groups:
         found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}

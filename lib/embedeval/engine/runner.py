@@ -145,11 +145,6 @@ class TileRunner(ABC):
         """Place ``array`` where tasks can read it; pass the result to ``map_blocks`` in ``arrays``."""
 
     @abstractmethod
-    def _run(self, task: BlockTask, blocks: list[tuple[int, int]], arrays: list[Shared],
-             params: Mapping[str, Any]) -> Iterator[BlockResult]:
-        """Yield one ``BlockResult`` per block, in any order."""
-
-    @abstractmethod
     def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
                   params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
         """Run ``fn(*call, **params)`` for every call; yield ``(call number, value)`` as calls finish.
@@ -177,12 +172,15 @@ class TileRunner(ABC):
         ``Shared`` handles from ``put`` to reuse a placement. ``params`` must be small (sent per task).
         """
         blocks = row_blocks(n_rows, block_size)
-        shared = [a if isinstance(a, Shared) else self.put(a) for a in arrays]
-        t0 = time.perf_counter()
-        try:
-            yield from self._run(task, blocks, shared, dict(params or {}))
-        finally:
-            self.stats.wall_s += time.perf_counter() - t0
+        handles = [(a if isinstance(a, Shared) else self.put(a)).handle for a in arrays]
+        calls = ((task, start, stop, *handles) for start, stop in blocks)
+        for i, value in self.map_calls(_call_block_task, calls, params):
+            yield BlockResult(blocks[i][0], blocks[i][1], value)
+
+
+def _call_block_task(task: BlockTask, start: int, stop: int, *arrays: Any, **params: Any) -> Any:
+    """``map_blocks``' call: a block task is a call whose first two arguments are its row range."""
+    return task(start, stop, *arrays, **params)
 
 
 class LocalRunner(TileRunner):
@@ -200,15 +198,6 @@ class LocalRunner(TileRunner):
 
     def put(self, array: np.ndarray) -> Shared:
         return Shared(handle=array, shape=array.shape, dtype=array.dtype)
-
-    def _run(self, task: BlockTask, blocks: list[tuple[int, int]], arrays: list[Shared],
-             params: Mapping[str, Any]) -> Iterator[BlockResult]:
-        values = [a.handle for a in arrays]
-        for start, stop in blocks:
-            with _blas_limit(self.blas_threads):
-                value, stats = run_block_task(task, start, stop, params, self.measure_memory, *values)
-            self.stats.add_task(stats)
-            yield BlockResult(start, stop, value)
 
     def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
                   params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
@@ -246,17 +235,7 @@ def _blas_limit(threads: int | None):  # noqa: ANN202 - a context manager
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-_REMOTE_TASK: Any = None
 _REMOTE_CALL: Any = None
-
-
-def _remote_task() -> Any:
-    global _REMOTE_TASK
-    if _REMOTE_TASK is None:
-        import ray
-
-        _REMOTE_TASK = ray.remote(run_block_task)
-    return _REMOTE_TASK
 
 
 def _remote_call() -> Any:
@@ -299,37 +278,6 @@ class RayRunner(TileRunner):
         import ray
 
         return Shared(handle=ray.put(array), shape=array.shape, dtype=array.dtype)
-
-    def _run(self, task: BlockTask, blocks: list[tuple[int, int]], arrays: list[Shared],
-             params: Mapping[str, Any]) -> Iterator[BlockResult]:
-        import ray
-
-        remote = _remote_task().options(num_cpus=self.num_cpus_per_task)
-        refs = [a.handle for a in arrays]
-        pending: dict[Any, tuple[int, int]] = {}
-        todo = iter(blocks)
-
-        def submit_one() -> bool:
-            block = next(todo, None)
-            if block is None:
-                return False
-            ref = remote.remote(task, block[0], block[1], params, self.measure_memory, *refs)
-            pending[ref] = block
-            return True
-
-        try:
-            while len(pending) < self.max_in_flight and submit_one():
-                pass
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                start, stop = pending.pop(ready[0])
-                value, stats = ray.get(ready[0])
-                self.stats.add_task(stats)
-                submit_one()
-                yield BlockResult(start, stop, value)
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
 
     def map_calls(self, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]] | Sequence[tuple[Any, ...]],
                   params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, Any]]:

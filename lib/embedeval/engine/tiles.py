@@ -30,6 +30,23 @@ from embedeval.engine.runner import TileRunner, default_runner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
 
 
+def pack_in_order(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group's total stays within ``budget`` (an item
+    larger than the budget is a group of its own). The memory bound of every wave or group loop."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    load = 0
+    for i, size in enumerate(sizes):
+        if current and load + size > budget:
+            groups.append(current)
+            current, load = [], 0
+        current.append(i)
+        load += int(size)
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _block_call(kernel: Callable[..., Any], source: BlockSource, b: int, extra: Any, **params: Any) -> Any:
     lo, _ = source.block_range(b)
     return kernel(source.load(b), lo, extra, **params)

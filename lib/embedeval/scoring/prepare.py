@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from embedeval.engine.runner import RayRunner, TileRunner
 from embedeval.engine.sources import StoredBlocks
+from embedeval.engine.tiles import pack_in_order
 from embedeval.io.embeddings import CommitRecord, partition_dir, read_commit_marker, vectors_from_table
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError
@@ -236,21 +237,8 @@ def _write_blocks(storage: Storage, prefix: str, files: list[str], file_rows: li
     dest_all[position] = np.arange(position.size, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(file_rows)]).astype(np.int64)
     dests = [dest_all[starts[i]:starts[i + 1]] for i in range(len(files))]
-    n_blocks = offsets.size - 1
     rows_per_wave = max(1, wave_bytes // max(1, 4 * dim))
-    waves: list[list[int]] = []
-    current: list[int] = []
-    load = 0
-    for b in range(n_blocks):
-        size = int(offsets[b + 1] - offsets[b])
-        if current and load + size > rows_per_wave:
-            waves.append(current)
-            current, load = [], 0
-        current.append(b)
-        load += size
-    if current:
-        waves.append(current)
-    for wave in waves:
+    for wave in pack_in_order(np.diff(offsets).tolist(), rows_per_wave):
         if isinstance(runner, RayRunner):
             _ray_wave(storage, prefix, files, starts, dests, offsets, dim, wave)
         else:
