@@ -47,5 +47,5 @@ def test_colour_and_size_structure_shows(tmp_path: Path) -> None:
     assert colour_seeing["value"] > 0.8 > random_weights["value"]
 
     size_axis = value("builtin-pixelstats", task="rankability", target="size", metric="spearman",
-                      variant="regression", split="test")
+                      protocol="regression", split="test")
     assert size_axis["value"] > 0.7 and size_axis["ci_low"] > 0.3, size_axis

@@ -41,7 +41,7 @@ from embedeval.io.storage import Storage, StorageError
 RUN_ID = "r1"
 MODEL = "builtin-pixelstats"
 SCORES = f"runs/{RUN_ID}/scores/scores.parquet"
-SCORE_KEYS = ["model", "task", "target", "metric", "k", "split", "variant"]
+SCORE_KEYS = ["model", "task", "target", "metric", "k", "split", "protocol"]
 SCORE_VALUES = ["value", "ci_low", "ci_high"]
 THIS_FILE = Path(__file__).resolve()
 CHILD_TIMEOUT_S = 900        # a whole run takes 1-3 minutes on a loaded 2-core machine

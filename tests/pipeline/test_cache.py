@@ -76,7 +76,7 @@ def test_grown_catalogue_embeds_only_new_and_changed_items(tmp_path: Path) -> No
     # ...and so do the scores of the re-scored grown catalogue.
     from embedeval.workflow import score_from_config
 
-    keys = ["model", "task", "target", "metric", "k", "split", "variant"]
+    keys = ["model", "task", "target", "metric", "k", "split", "protocol"]
     cached_scores = score_from_config(_config(root, grown.manifest, "r2"), echo=lambda _: None).to_pandas()
     fresh_scores = score_from_config(_config(tmp_path / "scratch", grown.manifest, "r3", use_cache=False),
                                      echo=lambda _: None).to_pandas()

@@ -28,10 +28,10 @@ ATTRS = ["age", "price"]
 
 
 def _row(run_id: str, model: str, task: str, target: str, metric: str, value: float, *, k: int | None = None,
-         split: str = "all", variant: str | None = None, half: float = 0.02, n: int = 500) -> ScoreRow:
+         split: str = "all", protocol: str = "standard", params: dict | None = None, half: float = 0.02, n: int = 500) -> ScoreRow:
     return ScoreRow(run_id=run_id, model=model, task=task, target=target, metric=metric, value=value, n=n,
                     seconds=0.5, weights_random=model == RANDOM, k=k, split=split, ci_low=value - half,
-                    ci_high=value + half, variant=variant)
+                    ci_high=value + half, protocol=protocol, params=params)
 
 
 def current_rows(run_id: str = "r2", models: list[str] | None = None) -> list[ScoreRow]:
@@ -42,36 +42,36 @@ def current_rows(run_id: str = "r2", models: list[str] | None = None) -> list[Sc
     for m in models:
         rng = random.Random(m)   # per model, so a model's rows do not depend on which other models exist
         b = base[m]
-        # variants spelled as the scorer writes them (embedeval.scoring)
-        rows.append(_row(run_id, m, "corrembed", "all", "corrembed", b, variant="anchors=all"))
+        # protocols and params as the scorer writes them (embedeval.scoring)
+        rows.append(_row(run_id, m, "corrembed", "all", "corrembed", b, protocol="per-anchor", params={"anchors": "all"}))
         rows.append(_row(run_id, m, "corrembed", "colour", "corrembed", b * 0.8 + rng.uniform(-0.02, 0.02),
-                         variant="anchors=all"))
+                         protocol="per-anchor", params={"anchors": "all"}))
         for k in (10, 50, 100, 500):
             knn = b * (0.55 + 0.1 * (k ** 0.25)) + rng.uniform(0, 0.01)
-            rows.append(_row(run_id, m, "corrembed", "all", "corr_knn", knn, k=k, half=0.03, variant="anchors=all"))
+            rows.append(_row(run_id, m, "corrembed", "all", "corr_knn", knn, k=k, half=0.03, protocol="per-anchor", params={"anchors": "all"}))
         for a in ATTRS:
             reg = min(0.95, b * 1.6 + rng.uniform(-0.05, 0.05))
-            rows.append(_row(run_id, m, "rankability", a, "spearman", reg, split="test", variant="regression"))
-            rows.append(_row(run_id, m, "rankability", a, "spearman", reg * 0.7, split="test", variant="extremes"))
+            rows.append(_row(run_id, m, "rankability", a, "spearman", reg, split="test", protocol="regression"))
+            rows.append(_row(run_id, m, "rankability", a, "spearman", reg * 0.7, split="test", protocol="extremes"))
             for n in (4, 16, 64, 256):
                 rows.append(_row(run_id, m, "rankability", a, "spearman", reg * (1 - 1 / (1 + n ** 0.5)), k=n,
-                                 split="test", variant="fewshot", half=0.08 / (n ** 0.25)))
+                                 split="test", protocol="fewshot", half=0.08 / (n ** 0.25)))
         if m == "clip_vitb32" or m == RANDOM:
             scale = 1.0 if m != RANDOM else 0.02
             for d, r1 in (("image->text", 0.52), ("text->image", 0.38)):
                 for k, f in ((1, 1.0), (5, 1.5), (10, 1.7)):
                     rows.append(_row(run_id, m, "retrieval", d, f"R@{k}", min(0.99, r1 * f) * scale, k=k, n=1000))
             rows.append(_row(run_id, m, "retrieval", "image<->text", "rsum", 410.0 * scale, half=6.0, n=1000,
-                             variant="ks=1,5,10"))
+                             params={"ks": [1, 5, 10]}))
         for split, f in (("seen", 1.0), ("unseen", 0.6)):
             for metric, v in (("mAP@all", 0.5), ("mAP@200", 0.55), ("P@100", 0.6), ("P@200", 0.57)):
                 k = None if metric.endswith("@all") else int(metric.split("@")[1])
                 rows.append(_row(run_id, m, "retrieval", "sketch->image", metric, v * f * b / 0.4, split=split,
-                                 variant="ap=standard", n=300, k=k))
+                                 n=300, k=k))
         nmi = 0.99 if m == RANDOM else 0.3 + b
-        rows.append(_row(run_id, m, "prototypes", "image", "nmi", nmi, half=0.01, k=8, variant="k=8,init=k-means++"))
-        rows.append(_row(run_id, m, "prototypes", "image", "purity", 0.5 + b / 2, half=0.01, k=8,
-                         variant="k=8,init=k-means++"))
+        rows.append(_row(run_id, m, "prototypes", "image", "nmi", nmi, half=0.01, protocol="kmeans", params={"k": 8}))
+        rows.append(_row(run_id, m, "prototypes", "image", "purity", 0.5 + b / 2, half=0.01,
+                         protocol="kmeans", params={"k": 8}))
     return rows
 
 

@@ -47,7 +47,7 @@ def test_change_beyond_ci_is_significant_and_small_change_is_not(diff_md: str) -
     big = find(compared, "resnet50", "corrembed", "all", "corrembed")
     small = find(compared, "vit_b_16", "corrembed", "all", "corrembed")
     assert big[-1] == "**▲ significant**" and big[-2] == "+0.100"
-    assert "0.300" in big[7] and "0.400" in big[8]
+    assert "0.300" in big[8] and "0.400" in big[9]
     assert "significant" not in small[-1] and small[-1].endswith("within CI")
     notable = table_rows(diff_md, "Changes beyond the bootstrap interval")
     assert [r[0] for r in notable] == ["resnet50"]

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from embedeval.io.storage import Storage
 from embedeval.report import HeadlineMetric, ReportSettings, build_report
 from embedeval.report.leaderboard import build_leaderboard
-from embedeval.report.scores import variant_tokens
 from embedeval.scoring.schema import ScoreRow
 
 
@@ -49,8 +48,8 @@ def expected_best(rows: list[ScoreRow], **key: object) -> set[str]:
 @pytest.mark.parametrize("header,key", [
     ("CorrEmbed", dict(task="corrembed", target="all", metric="corrembed")),
     ("corr_knn@10", dict(task="corrembed", target="all", metric="corr_knn", k=10)),
-    ("rank ρ: age", dict(task="rankability", target="age", metric="spearman", variant="regression")),
-    ("rank ρ: price", dict(task="rankability", target="price", metric="spearman", variant="regression")),
+    ("rank ρ: age", dict(task="rankability", target="age", metric="spearman", protocol="regression")),
+    ("rank ρ: price", dict(task="rankability", target="price", metric="spearman", protocol="regression")),
     ("i→t R@1", dict(task="retrieval", target="image->text", metric="R@1")),
     ("sketch mAP@all (unseen)", dict(task="retrieval", target="sketch->image", metric="mAP@all", split="unseen")),
     ("NMI (image)", dict(task="prototypes", target="image", metric="nmi")),
@@ -106,11 +105,17 @@ def test_lower_is_better_column_and_ties() -> None:
     assert board.models == ["b", "c", "a", "z"]
 
 
-def test_variant_matching_accepts_both_spellings() -> None:
-    rows = [replace(r, variant="fit=regression") if r.variant == "regression" else r for r in current_rows("r2")]
+def test_headline_protocol_picks_one_definition_and_accepts_the_old_key() -> None:
+    rows = current_rows("r2")
     board = build_leaderboard(rows, ReportSettings().headline_metrics())
     assert [c.label for c in board.columns if c.task == "rankability"] == ["rank ρ: age", "rank ρ: price"]
-    assert variant_tokens("fit=regression;ap=standard") >= {"regression", "standard", "fit=regression"}
+    assert all(c.protocol == "regression" for c in board.columns if c.task == "rankability")
+    # configs written before protocols existed say `variant:`; it means the same
+    old = HeadlineMetric.model_validate({"label": "x", "task": "rankability", "metric": "spearman",
+                                         "variant": "extremes"})
+    assert old.protocol == "extremes"
+    board = build_leaderboard(rows, [old])
+    assert board.columns and all(c.protocol == "extremes" for c in board.columns)
 
 
 def test_settings_reject_unknown_keys() -> None:

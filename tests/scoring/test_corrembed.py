@@ -32,7 +32,7 @@ def test_matches_brute_force_definition(rng: np.random.Generator) -> None:
         r = ref.per_anchor_pearson(E, T, anchors)
         got = rows[(tv.target, "corrembed", None)]
         assert got.value == pytest.approx(np.nanmean(r), abs=1e-9)
-        assert got.n == int(np.isfinite(r).sum()) and got.variant == "anchors=all"
+        assert got.n == int(np.isfinite(r).sum()) and got.protocol == "per-anchor" and got.params == {"anchors": "all"}
         assert got.ci_low <= got.value <= got.ci_high
         for k in (5, 20):
             rk = ref.knn_pearson(E, T, anchors, k)
@@ -42,7 +42,7 @@ def test_matches_brute_force_definition(rng: np.random.Generator) -> None:
         pa_row = rows[(tv.target, "pearson_all", None)]
         assert pa_row.ci_low <= p <= pa_row.ci_high
         sp = rows[(tv.target, "spearman_all", None)]
-        assert sp.variant == "exact" and sp.value == pytest.approx(s, abs=1e-9)
+        assert sp.protocol == "all-pairs" and sp.params == {"pairs": "all"} and sp.value == pytest.approx(s, abs=1e-9)
         assert rows[(tv.target, "corr_random", 5)].value is not None
         for k in (5, 20):
             nn = np.argsort(-(E @ E.T - 2 * np.eye(60)), axis=1, kind="stable")[:, :k]
@@ -51,10 +51,10 @@ def test_matches_brute_force_definition(rng: np.random.Generator) -> None:
 
 
 def test_seeded_random_anchors(rng: np.random.Generator) -> None:
-    a1, v1 = choose_anchors(500, 100, seed=3)
-    a2, _ = choose_anchors(500, 100, seed=3)
-    assert np.array_equal(a1, a2) and len(np.unique(a1)) == 100 and v1.startswith("anchors=100")
-    assert choose_anchors(50, 1000, 0)[1] == "anchors=all"
+    a1 = choose_anchors(500, 100, seed=3)
+    a2 = choose_anchors(500, 100, seed=3)
+    assert np.array_equal(a1, a2) and len(np.unique(a1)) == 100 and not np.array_equal(a1, choose_anchors(500, 100, 4))
+    assert np.array_equal(choose_anchors(50, 1000, 0), np.arange(50))
 
     table, colour, _ = tagged_catalogue(80, rng)
     X = colour_embeddings(colour, rng)
@@ -63,10 +63,10 @@ def test_seeded_random_anchors(rng: np.random.Generator) -> None:
     tvs = build_tag_vectors(table.column("tags").to_pylist(), CATEGORIES)
     rows = _rows(ctx, emb, tvs)
     row = rows[("colour", "corrembed", None)]
-    assert row.variant == "anchors=30,seed=0" and row.n <= 30
+    assert row.protocol == "per-anchor" and row.params == {"anchors": 30, "seed": 0} and row.n <= 30
     # the value equals the brute force over the same anchors
     from embedeval.scoring.bootstrap import derive_seed
-    anchors, _ = choose_anchors(80, 30, derive_seed(0, "corrembed", "anchors"))
+    anchors = choose_anchors(80, 30, derive_seed(0, "corrembed", "anchors"))
     tv = next(t for t in tvs if t.target == "colour")
     r = ref.per_anchor_pearson(emb.unit.astype(np.float64), tv.unit_rows(np.arange(80)), anchors)
     assert row.value == pytest.approx(np.nanmean(r), abs=1e-9)
@@ -88,7 +88,7 @@ def test_colour_embeddings_beat_random_on_colour(rng: np.random.Generator) -> No
     assert abs(rand[("colour", "corrembed", None)].value) < 0.1
     # colour-encoding embeddings know nothing of shape
     assert abs(good[("shape", "corrembed", None)].value) < 0.15
-    assert good[("colour", "spearman_all", None)].variant.startswith("sampled-items:63,")  # 63 * 62 / 2 <= 2000 pairs
+    assert good[("colour", "spearman_all", None)].params == {"pairs": "sampled-items", "items": 63, "seed": 0}  # 63 * 62 / 2 <= 2000 pairs
 
 
 def test_corr_knn_direction(rng: np.random.Generator) -> None:

@@ -27,7 +27,7 @@ def test_separated_clusters_are_recovered(rng: np.random.Generator) -> None:
     out = score_prototypes(ctx, make_embeddings(ctx, "image", ids, X))
     rows = {r.metric: r for r in out.rows}
     for m in ("nmi", "ari", "purity"):
-        assert rows[m].value == pytest.approx(1.0) and rows[m].k == 4 and rows[m].n == 80
+        assert rows[m].value == pytest.approx(1.0) and rows[m].k is None and rows[m].params["k"] == 4 and rows[m].n == 80
     assert rows["ambiguity_rate"].value == 0.0
     assert out.examples.schema == EXAMPLES_SCHEMA and out.ambiguity.schema == AMBIGUITY_SCHEMA
     ex = out.examples.to_pylist()

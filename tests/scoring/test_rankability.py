@@ -47,7 +47,7 @@ def test_size_axis_orders_items(rng: np.random.Generator) -> None:
     table, X = _size_corpus(rng)
     ctx = make_context(table, fewshot_ns=[2, 10], fewshot_repeats=4, bootstrap_resamples=30)
     emb = make_embeddings(ctx, "image", table.column("id").to_pylist(), X)
-    rows = {(r.target, r.variant, r.k): r for r in score_rankability(ctx, emb)}
+    rows = {(r.target, r.protocol, r.k): r for r in score_rankability(ctx, emb)}
     reg = rows[("size", "regression", None)]
     assert reg.value > 0.9 and reg.n == 100 and reg.split == "test"
     assert reg.ci_low <= reg.value <= reg.ci_high
@@ -74,7 +74,7 @@ def test_nan_attributes_are_excluded_and_counted(rng: np.random.Generator) -> No
     table = table.set_column(table.schema.get_field_index("attr_size"), "attr_size", pa.array(size))
     ctx = make_context(table, fewshot_ns=[2], fewshot_repeats=2, bootstrap_resamples=0)
     emb = make_embeddings(ctx, "image", table.column("id").to_pylist(), X)
-    reg = next(r for r in score_rankability(ctx, emb) if r.target == "size" and r.variant == "regression")
+    reg = next(r for r in score_rankability(ctx, emb) if r.target == "size" and r.protocol == "regression")
     assert "7 items with NaN size excluded" in reg.note
     assert reg.n == int(np.isfinite(size[0::2]).sum())   # even rows are the test split
     assert reg.ci_low is None

@@ -109,7 +109,7 @@ def test_label_retrieval_matches_sklearn_ap(rng: np.random.Generator) -> None:
     has = np.isin(ql, gl)
     ap = ref.label_ap(Q[has], G, ql[has], gl)
     row = rows[("sketch->image", "mAP@all", "all")]
-    assert row.value == pytest.approx(ap.mean(), abs=1e-9) and row.variant == "ap=standard"
+    assert row.value == pytest.approx(ap.mean(), abs=1e-9) and row.protocol == "standard" and row.params is None
     assert row.ci_low <= row.value <= row.ci_high
     for k in (5, 10):
         p = ref.precision_at(Q[has], G, ql[has], gl, k)

@@ -4,6 +4,11 @@ A change is called **significant** only when each run's value lies outside the o
 interval. That is deliberately conservative (overlapping intervals can still hide a real difference), but
 it never calls resampling noise a regression. When only one of the two holds the change is *borderline*.
 Rows without intervals are compared by value only and said to have no CI.
+
+Rows are matched on their identity (model, task, target, metric, k, split, protocol): never on counts or
+seeds, which live in ``params``. So a catalogue that grows past the anchor sample, gains a label (k-means
+k) or switches Spearman to a sampled estimate still compares each score with last night's, and the
+``params`` column says what changed in how it was computed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import re
 from dataclasses import dataclass, field
 
 from embedeval.report.leaderboard import model_cell
-from embedeval.report.scores import ScoreKey, format_delta, format_score, is_missing, score_key
+from embedeval.report.scores import (ScoreKey, format_delta, format_score, is_missing, params_change, params_text,
+                                     score_key)
 from embedeval.report.tables import Cell, Section, Table
 from embedeval.scoring.schema import ScoreRow
 
@@ -35,6 +41,11 @@ class DiffRow:
     @property
     def key(self) -> ScoreKey:
         return score_key(self.new)
+
+    @property
+    def params_change(self) -> str:
+        """'' when both runs computed the score with the same parameters, else what changed."""
+        return params_change(self.old.params, self.new.params)
 
     @property
     def delta(self) -> float | None:
@@ -93,7 +104,7 @@ def _key_sort(key: ScoreKey) -> tuple:
 
 def diff_scores(new_rows: list[ScoreRow], old_rows: list[ScoreRow], run_id: str, previous_run_id: str,
                 how_chosen: str) -> RunDiff:
-    """Match rows by score key (model, task, target, metric, k, split, variant) and classify each change."""
+    """Match rows by identity (model, task, target, metric, k, split, protocol) and classify each change."""
     new = {score_key(r): r for r in new_rows}
     old = {score_key(r): r for r in old_rows}
     new_models = {r.model for r in new_rows}
@@ -115,10 +126,10 @@ def diff_scores(new_rows: list[ScoreRow], old_rows: list[ScoreRow], run_id: str,
 
 def _key_cells(row: ScoreRow, random: set[str]) -> list[Cell]:
     return [model_cell(row.model, random, short=True), Cell(row.task), Cell(row.target), Cell(row.metric),
-            Cell("" if row.k is None else str(row.k)), Cell(row.split), Cell(row.variant or "")]
+            Cell("" if row.k is None else str(row.k)), Cell(row.split), Cell(row.protocol)]
 
 
-KEY_HEADERS = ["model", "task", "target", "metric", "k", "split", "variant"]
+KEY_HEADERS = ["model", "task", "target", "metric", "k", "split", "protocol"]
 
 
 def _value_cell(row: ScoreRow) -> Cell:
@@ -127,21 +138,24 @@ def _value_cell(row: ScoreRow) -> Cell:
 
 
 def changes_table(rows: list[DiffRow], random: set[str]) -> Table:
-    table = Table([*KEY_HEADERS, "old [CI]", "new [CI]", "Δ", "status"], numeric={4, 7, 8, 9})
+    table = Table([*KEY_HEADERS, "params", "old [CI]", "new [CI]", "Δ", "status"], numeric={4, 8, 9, 10})
     for d in rows:
         delta = d.delta
         arrow = "" if not delta else ("▲ " if delta > 0 else "▼ ")
         status_css = {SIGNIFICANT: "sig", BORDERLINE: "border"}.get(d.status)
-        table.rows.append([*_key_cells(d.new, random), _value_cell(d.old), _value_cell(d.new),
+        change = d.params_change
+        params = Cell(f"changed: {change}", emphasis=True) if change else Cell(params_text(d.new.params))
+        table.rows.append([*_key_cells(d.new, random), params, _value_cell(d.old), _value_cell(d.new),
                            Cell(format_delta(delta, d.old.value, d.new.value), sort=delta),
                            Cell(arrow + d.status, emphasis=d.status == SIGNIFICANT, css=status_css)])
     return table
 
 
 def rows_table(rows: list[ScoreRow], random: set[str]) -> Table:
-    table = Table([*KEY_HEADERS, "value [CI]", "n"], numeric={4, 7, 8})
+    table = Table([*KEY_HEADERS, "params", "value [CI]", "n"], numeric={4, 8, 9})
     for r in rows:
-        table.rows.append([*_key_cells(r, random), _value_cell(r), Cell(str(r.n), sort=float(r.n))])
+        table.rows.append([*_key_cells(r, random), Cell(params_text(r.params)), _value_cell(r),
+                           Cell(str(r.n), sort=float(r.n))])
     return table
 
 
@@ -162,6 +176,8 @@ def diff_sections(d: RunDiff) -> list[Section]:
         f"- models added: {', '.join(d.added_models) or 'none'}",
         f"- models removed: {', '.join(d.removed_models) or 'none'}",
         f"- score rows added: {len(d.added)}; removed: {len(d.removed)}",
+        f"- compared rows computed with changed parameters (anchors, samples, k-means k...): "
+        f"{sum(1 for x in d.compared if x.params_change)}",
     ]
     if d.random_changed:
         summary.append(f"- ⚠ weights_random flag changed for: {', '.join(d.random_changed)}")
@@ -181,7 +197,7 @@ def diff_sections(d: RunDiff) -> list[Section]:
         whole = len(rows) - len(own)
         if not rows:
             continue
-        text = [f"Present in {where} (metrics, k, splits or variants)."]
+        text = [f"Present in {where} (metrics, k, splits or protocols)."]
         if whole:
             text.append(f"Not listed: the {whole} rows of the {title.lower()} model(s) "
                         f"{', '.join(models)} (see {see}).")

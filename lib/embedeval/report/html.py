@@ -16,7 +16,7 @@ from embedeval.report.leaderboard import (
     random_banner_text,
 )
 from embedeval.report.plots import Plot
-from embedeval.report.scores import format_value, is_missing
+from embedeval.report.scores import format_value, is_missing, params_text
 from embedeval.report.tables import Cell, Section, Table, sections_html, to_html
 from embedeval.scoring.schema import ScoreRow
 
@@ -108,8 +108,8 @@ def png_data_uri(png: bytes) -> str:
 
 def tidy_table(rows: list[ScoreRow], random: set[str]) -> Table:
     """Every score row of the run, in the contract's column order."""
-    table = Table(["model", "task", "target", "metric", "k", "split", "variant", "value", "ci_low", "ci_high", "n",
-                   "seconds", "note"], numeric={4, 7, 8, 9, 10, 11})
+    table = Table(["model", "task", "target", "metric", "k", "split", "protocol", "params", "value", "ci_low",
+                   "ci_high", "n", "seconds", "note"], numeric={4, 8, 9, 10, 11, 12})
 
     def num(x: float | None, like: tuple[float | None, ...]) -> Cell:
         return Cell(format_value(x, like=like), sort=None if is_missing(x) else float(x))  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ def tidy_table(rows: list[ScoreRow], random: set[str]) -> Table:
         like = (r.value, r.ci_low, r.ci_high)   # value and CI share their decimals
         table.rows.append([model_cell(r.model, random, short=True), Cell(r.task), Cell(r.target), Cell(r.metric),
                            Cell("" if r.k is None else str(r.k), sort=None if r.k is None else float(r.k)),
-                           Cell(r.split), Cell(r.variant or ""),
+                           Cell(r.split), Cell(r.protocol), Cell(params_text(r.params)),
                            num(r.value, like), num(r.ci_low, like), num(r.ci_high, like),
                            Cell(str(r.n), sort=float(r.n)), Cell(f"{r.seconds:.2f}", sort=float(r.seconds)),
                            Cell(r.note or "")])

@@ -16,7 +16,6 @@ from embedeval.report.scores import (
     is_missing,
     metric_label,
     random_models,
-    variant_tokens,
 )
 from embedeval.report.settings import HeadlineMetric
 from embedeval.report.tables import Cell, Table, to_markdown
@@ -36,12 +35,12 @@ class Column:
     metric: str
     k: int | None
     split: str
-    variant: str | None
+    protocol: str
     higher_is_better: bool = True
 
     def matches(self, row: ScoreRow) -> bool:
-        return (row.task, row.target, row.metric, row.k, row.split, row.variant) == (
-            self.task, self.target, self.metric, self.k, self.split, self.variant)
+        return (row.task, row.target, row.metric, row.k, row.split, row.protocol) == (
+            self.task, self.target, self.metric, self.k, self.split, self.protocol)
 
 
 @dataclass
@@ -69,13 +68,14 @@ def _spec_matches(spec: HeadlineMetric, row: ScoreRow) -> bool:
         return False
     if spec.target is not None and row.target != spec.target:
         return False
-    if spec.variant is not None and spec.variant not in variant_tokens(row.variant):
+    if spec.protocol is not None and row.protocol != spec.protocol:
         return False
     return True
 
 
-def _label(spec: HeadlineMetric, target: str, k: int | None, split: str, variant: str | None) -> str:
-    values = {"target": target, "k": "" if k is None else k, "split": split, "variant": variant or ""}
+def _label(spec: HeadlineMetric, target: str, k: int | None, split: str, protocol: str) -> str:
+    values = {"target": target, "k": "" if k is None else k, "split": split, "protocol": protocol,
+              "variant": protocol}
     names = {f for _, f, _, _ in string.Formatter().parse(spec.label) if f}
     return spec.label.format(**{n: values.get(n, "{" + n + "}") for n in names})
 
@@ -101,11 +101,11 @@ def resolve_columns(specs: list[HeadlineMetric], rows: list[ScoreRow]) -> tuple[
             chosen = next((s for s in spec.split if s in present), None)
             if chosen is not None:
                 cands = [r for r in cands if r.split == chosen]
-        groups = sorted({(r.target, r.metric, r.k, r.split, r.variant) for r in cands},
-                        key=lambda g: (g[0], g[1], -1 if g[2] is None else g[2], g[3], g[4] or ""))
-        for target, metric, k, split, variant in groups:
-            columns.append(Column(_label(spec, target, k, split, variant), spec.task, target, metric, k, split,
-                                  variant, spec.higher_is_better))
+        groups = sorted({(r.target, r.metric, r.k, r.split, r.protocol) for r in cands},
+                        key=lambda g: (g[0], g[1], -1 if g[2] is None else g[2], g[3], g[4]))
+        for target, metric, k, split, protocol in groups:
+            columns.append(Column(_label(spec, target, k, split, protocol), spec.task, target, metric, k, split,
+                                  protocol, spec.higher_is_better))
     _disambiguate(columns)
     return columns, notes
 
@@ -118,7 +118,7 @@ def _disambiguate(columns: list[Column]) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        for attr in ("target", "split", "variant", "k"):
+        for attr in ("target", "split", "protocol", "k"):
             if len({getattr(c, attr) for c in same}) > 1:
                 for c in same:
                     c.label = f"{c.label} ({getattr(c, attr)})"
@@ -198,9 +198,9 @@ def leaderboard_table(board: Leaderboard) -> Table:
 
 def columns_table(board: Leaderboard) -> Table:
     """What each column is: its full score key and n (the anchors / queries / items it averages over)."""
-    table = Table(["column", "task", "target", "metric", "k", "split", "variant", "n"], numeric={4, 7})
+    table = Table(["column", "task", "target", "metric", "k", "split", "protocol", "n"], numeric={4, 7})
     for ci, c in enumerate(board.columns):
-        table.add(c.label, c.task, c.target, c.metric, "" if c.k is None else str(c.k), c.split, c.variant or "",
+        table.add(c.label, c.task, c.target, c.metric, "" if c.k is None else str(c.k), c.split, c.protocol,
                   board.n_text(ci))
     return table
 

@@ -7,11 +7,13 @@ A plot whose data is absent from the run is simply not drawn; the caller lists w
 
 from __future__ import annotations
 
+import importlib
 import io
+import logging
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from collections.abc import Iterable, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,9 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from embedeval.report.scores import fit_method, is_missing, metric_label
+from embedeval.report.scores import is_missing, metric_label
 from embedeval.report.settings import ReportSettings
 from embedeval.scoring.schema import ScoreRow
+
+log = logging.getLogger(__name__)
 
 RANDOM_COLORS = ["#7f7f7f", "#b5b5b5", "#4d4d4d"]   # greys: random baselines never take a real model's hue
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
@@ -338,17 +342,17 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
 def plot_rankability(rows: list[ScoreRow], style: Style) -> Plot | None:
     """Held-out Spearman per attribute, one panel per fitting method (regression, extremes...)."""
     rk = _one_split([r for r in rows if r.task == "rankability" and r.metric == "spearman"
-                     and fit_method(r.variant) != "fewshot"], ("test", "all"))
+                     and r.protocol != "fewshot"], ("test", "all"))
     if not rk:
         return None
-    methods = sorted({fit_method(r.variant) for r in rk}, key=lambda m: (m != "regression", m))
+    methods = sorted({r.protocol for r in rk}, key=lambda m: (m != "regression", m))
     attrs = sorted({r.target for r in rk})
     models = style.order(r.model for r in rk)
     width = min(16.0, max(7.0, 1.4 + len(attrs) * (0.45 + 0.18 * len(models))) * len(methods) / 1.3)
     fig = _figure(max(8.0, width), 4.8)
     axes = fig.subplots(1, len(methods), sharey=True, squeeze=False)[0]
     for ax, method in zip(axes, methods):
-        value_of = {(r.target, r.model): r for r in rk if fit_method(r.variant) == method}
+        value_of = {(r.target, r.model): r for r in rk if r.protocol == method}
         _grouped_bars(ax, attrs, style, models, value_of)
         ax.set_title(f"fit = {method}")
         ax.set_xlabel("attribute")
@@ -364,13 +368,13 @@ def plot_rankability(rows: list[ScoreRow], style: Style) -> Plot | None:
 def plot_fewshot(rows: list[ScoreRow], style: Style) -> Plot | None:
     """Few-shot rankability: Spearman against the number of labelled items, one panel per attribute."""
     fs = _one_split([r for r in rows if r.task == "rankability" and r.metric == "spearman"
-                     and fit_method(r.variant) == "fewshot" and r.k is not None], ("test", "all"))
+                     and r.protocol == "fewshot" and r.k is not None], ("test", "all"))
     if not fs:
         return None
     attrs = sorted({r.target for r in fs})
     regression = {(r.target, r.model): r for r in _one_split(
         [r for r in rows
-         if r.task == "rankability" and r.metric == "spearman" and fit_method(r.variant) == "regression"],
+         if r.task == "rankability" and r.metric == "spearman" and r.protocol == "regression"],
         ("test", "all"))}
     models = style.order(r.model for r in fs)
     ncols = min(3, len(attrs))
@@ -434,7 +438,7 @@ def plot_labelled_retrieval(rows: list[ScoreRow], style: Style) -> Plot | None:
           and _LABELLED.match(metric_label(r.metric, r.k))]
     if not lr:
         return None
-    panels = sorted({(r.target, r.split, r.variant) for r in lr},
+    panels = sorted({(r.target, r.split, r.protocol) for r in lr},
                     key=lambda p: (p[0], {"unseen": 0, "test": 1, "all": 2}.get(p[1], 3), p[1], p[2] or ""))[:6]
 
     def metric_order(s: str) -> tuple[int, int]:
@@ -444,12 +448,12 @@ def plot_labelled_retrieval(rows: list[ScoreRow], style: Style) -> Plot | None:
     models = style.order(r.model for r in lr)
     fig = _figure(max(8.0, 2.6 + 4.2 * len(panels)), 4.6)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (target, split, variant) in zip(axes, panels):
-        sel = [r for r in lr if (r.target, r.split, r.variant) == (target, split, variant)]
+    for ax, (target, split, protocol) in zip(axes, panels):
+        sel = [r for r in lr if (r.target, r.split, r.protocol) == (target, split, protocol)]
         metrics = sorted({metric_label(r.metric, r.k) for r in sel}, key=metric_order)
         _grouped_bars(ax, metrics, style, models, {(metric_label(r.metric, r.k), r.model): r for r in sel})
         title = f"{target.replace('->', ' → ')} ({split})"
-        ax.set_title(title + (f"\n{variant}" if variant else ""), fontsize=10)
+        ax.set_title(title + (f"\n{protocol}" if protocol != "standard" else ""), fontsize=10)
     axes[0].set_ylabel("score (relevance = same label)")
     fig.suptitle("Label-relevance retrieval")
     _legend(fig, style, models, bars=True, below=True)
@@ -458,26 +462,59 @@ def plot_labelled_retrieval(rows: list[ScoreRow], style: Style) -> Plot | None:
                 "Panels per split (unseen = zero-shot classes).", figure_png(fig, style.dpi))
 
 
+PlotsOfTask = Callable[[list[ScoreRow], Style, ReportSettings], tuple[list[Plot], list[str]]]
+
+
+def _drawn(pairs: Sequence[tuple[Plot | None, str]]) -> tuple[list[Plot], list[str]]:
+    """Plots that could be drawn, and the note of each that could not."""
+    return [p for p, _ in pairs if p], [why for p, why in pairs if not p]
+
+
+def corrembed_plots(rows: list[ScoreRow], style: Style, settings: ReportSettings) -> tuple[list[Plot], list[str]]:
+    """The corrembed task's plots: corr_knn against k, CorrEmbed against the report's model columns."""
+    plots, notes = _drawn([(plot_corr_knn_vs_k(rows, style, settings), "CorrEmbed vs k: no corr_knn scores in this run")])
+    extra, extra_notes = plot_corrembed_vs_columns(rows, style, settings)
+    return plots + extra, notes + extra_notes
+
+
+def rankability_plots(rows: list[ScoreRow], style: Style, settings: ReportSettings) -> tuple[list[Plot], list[str]]:
+    return _drawn([(plot_rankability(rows, style), "rankability: no rankability scores in this run"),
+                   (plot_fewshot(rows, style), "few-shot rankability: no fewshot scores in this run")])
+
+
+def retrieval_plots(rows: list[ScoreRow], style: Style, settings: ReportSettings) -> tuple[list[Plot], list[str]]:
+    return _drawn([(plot_text_retrieval(rows, style), "image ↔ text retrieval: no R@K scores in this run"),
+                   (plot_labelled_retrieval(rows, style), "label retrieval: no mAP / P@K scores in this run")])
+
+
+def _plot_function(ref: str) -> PlotsOfTask:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def score_plots(rows: list[ScoreRow], style: Style, settings: ReportSettings) -> tuple[list[Plot], list[str]]:
-    """Every score plot the run's data supports, and notes on those that could not be drawn."""
+    """Every score plot the run's data supports, and notes on those that could not be drawn.
+
+    The plots are those each registered score task declares (:mod:`embedeval.scoring.registry`), for
+    the tasks present in this run's rows, in registry order; a plot function that raises is a note,
+    never a failed report."""
+    from embedeval.scoring import registry
+
     plots: list[Plot] = []
     notes: list[str] = []
     rows = [r for r in rows if not is_missing(r.value)]   # undefined scores have nothing to draw
-    knn = plot_corr_knn_vs_k(rows, style, settings)
-    if knn:
-        plots.append(knn)
-    else:
-        notes.append("CorrEmbed vs k: no corr_knn scores in this run")
-    extra, extra_notes = plot_corrembed_vs_columns(rows, style, settings)
-    plots += extra
-    notes += extra_notes
-    for fn, what in ((plot_rankability, "rankability: no rankability scores in this run"),
-                      (plot_fewshot, "few-shot rankability: no fit=fewshot scores in this run"),
-                      (plot_text_retrieval, "image ↔ text retrieval: no R@K scores in this run"),
-                      (plot_labelled_retrieval, "label retrieval: no mAP / P@K scores in this run")):
-        p = fn(rows, style)
-        if p:
-            plots.append(p)
-        else:
-            notes.append(what)
+    present = {r.task for r in rows}
+    for task in registry.all_tasks():
+        if task.name not in present:
+            if task.plots:
+                notes.append(f"{task.name}: no {task.name} scores in this run")
+            continue
+        for ref in task.plots:
+            try:
+                got, why = _plot_function(ref)([r for r in rows if r.task == task.name], style, settings)
+            except Exception as exc:  # noqa: BLE001 - one plot must not lose the report
+                log.warning("plot %s failed: %s", ref, exc)
+                got, why = [], [f"{task.name}: plot {ref} failed: {type(exc).__name__}: {exc}"]
+            plots += got
+            notes += why
     return plots, notes

@@ -14,10 +14,11 @@ import pyarrow as pa
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.storage import Storage
-from embedeval.scoring.schema import SCORES_PATH, ScoreRow
+from embedeval.scoring.schema import SCORES_PATH, ScoreRow, params_of
 
-#: The identity of one score: the scores table holds at most one row per key.
-ScoreKey = tuple[str, str, str, str, int | None, str, str | None]
+#: The identity of one score (:data:`embedeval.scoring.schema.IDENTITY_COLUMNS`): the scores table holds
+#: at most one row per key, and the diff matches runs on it.
+ScoreKey = tuple[str, str, str, str, int | None, str, str]
 
 
 
@@ -45,14 +46,50 @@ def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
 
 
 def rows_from_table(table: pa.Table) -> list[ScoreRow]:
-    """Scores-table rows -> :class:`ScoreRow` (tolerant of missing optional columns)."""
+    """Scores-table rows -> :class:`ScoreRow` (tolerant of missing optional columns).
+
+    A table written before score identities had a ``protocol`` (it has a free-text ``variant``) is read
+    with the variant as its protocol, so an old run still loads; its rows then match a new run's only
+    where the texts agree (the diff lists the rest as added / removed once).
+    """
     known = {f.name for f in fields(ScoreRow)}
     keep = [c for c in table.column_names if c in known]
-    return [ScoreRow(**rec) for rec in table.select(keep).to_pylist()]
+    legacy = "protocol" not in table.column_names and "variant" in table.column_names
+    variants = table.column("variant").to_pylist() if legacy else None
+    out = []
+    for i, rec in enumerate(table.select(keep).to_pylist()):
+        if "params" in rec:
+            rec["params"] = params_of(rec["params"])
+        if variants is not None:
+            rec["protocol"] = variants[i] or "standard"
+        out.append(ScoreRow(**rec))
+    return out
 
 
 def score_key(row: ScoreRow) -> ScoreKey:
-    return (row.model, row.task, row.target, row.metric, row.k, row.split, row.variant)
+    return (row.model, row.task, row.target, row.metric, row.k, row.split, row.protocol)
+
+
+def params_text(params: dict | None) -> str:
+    """``{"anchors": 1000, "seed": 0}`` -> ``anchors=1000 seed=0`` (tables and the diff)."""
+    if not params:
+        return ""
+    return " ".join(f"{k}={_param_value(v)}" for k, v in sorted(params.items()))
+
+
+def _param_value(v: object) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def params_change(old: dict | None, new: dict | None) -> str:
+    """What changed between two rows' parameters, e.g. ``anchors all→1000, k 12→13`` ('' when equal)."""
+    old, new = old or {}, new or {}
+    parts = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            parts.append(f"{key} {'—' if a is None else _param_value(a)}→{'—' if b is None else _param_value(b)}")
+    return ", ".join(parts)
 
 
 def is_missing(value: float | None) -> bool:
@@ -65,34 +102,6 @@ def metric_label(metric: str, k: int | None) -> str:
     if k is None or "@" in metric:
         return metric
     return f"{metric}@{k}"
-
-
-def variant_tokens(variant: str | None) -> set[str]:
-    """``"fit=regression;ap=interp"`` -> {"fit=regression", "regression", "ap=interp", "interp"}.
-
-    Variants are free text in the contract; matching on tokens lets a setting say ``regression`` whether the
-    scorer wrote ``regression`` or ``fit=regression``.
-    """
-    if not variant:
-        return set()
-    out: set[str] = set()
-    for part in variant.replace(",", ";").split(";"):
-        part = part.strip()
-        if part:
-            out.add(part)
-            out.add(part.split("=", 1)[-1])
-    return out
-
-
-def fit_method(variant: str | None) -> str:
-    """The rankability fitting method named in a variant (``regression``, ``fewshot``, ``extremes``...)."""
-    if not variant:
-        return "unspecified"
-    for part in variant.replace(",", ";").split(";"):
-        name, eq, value = part.strip().partition("=")
-        if eq and name == "fit":
-            return value
-    return variant
 
 
 def _decimals(*values: float | None) -> int:

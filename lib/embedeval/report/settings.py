@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class HeadlineMetric(BaseModel):
@@ -11,7 +11,8 @@ class HeadlineMetric(BaseModel):
     A field left ``None`` is a wildcard: the spec expands to one column per distinct value present (one
     column per rankability attribute, per prototype modality...). ``split`` is instead a preference list:
     the first split present for any model is used for every model, so a column never mixes splits.
-    ``label`` may use ``{target}``, ``{k}``, ``{split}``, ``{variant}``.
+    ``label`` may use ``{target}``, ``{k}``, ``{split}``, ``{protocol}``. ``protocol`` picks one definition
+    of a score (``regression`` of rankability's fits); older configs may call it ``variant``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -22,24 +23,26 @@ class HeadlineMetric(BaseModel):
     target: str | None = None
     k: int | None = None
     split: list[str] | None = None
-    variant: str | None = None
+    protocol: str | None = Field(None, validation_alias=AliasChoices("protocol", "variant"))
     higher_is_better: bool = True
 
 
 def default_headline(corr_knn_k: int) -> list[HeadlineMetric]:
-    """The headline set of design §7: one or two numbers per task, the ones people compare models on."""
-    return [
-        HeadlineMetric(label="CorrEmbed", task="corrembed", target="all", metric="corrembed"),
-        HeadlineMetric(label="corr_knn@{k}", task="corrembed", target="all", metric="corr_knn", k=corr_knn_k),
-        HeadlineMetric(label="rank ρ: {target}", task="rankability", metric="spearman", variant="regression",
-                       split=["test", "all"]),
-        HeadlineMetric(label="i→t R@1", task="retrieval", target="image->text", metric="R@1"),
-        HeadlineMetric(label="t→i R@1", task="retrieval", target="text->image", metric="R@1"),
-        HeadlineMetric(label="rsum", task="retrieval", metric="rsum"),
-        HeadlineMetric(label="sketch mAP@all ({split})", task="retrieval", target="sketch->image", metric="mAP@all",
-                       split=["unseen", "test", "all", "seen"]),
-        HeadlineMetric(label="NMI ({target})", task="prototypes", metric="nmi"),
-    ]
+    """The headline set: the columns each registered score task declares (design §7: one or two numbers
+    per task, the ones people compare models on), in registry order. ``k_setting`` in a declaration names
+    the report setting that gives k (``corr_knn_k``)."""
+    from embedeval.scoring import registry
+
+    settings = {"corr_knn_k": corr_knn_k}
+    out: list[HeadlineMetric] = []
+    for task in registry.all_tasks():
+        for spec in task.headline:
+            fields = dict(spec)
+            k_setting = fields.pop("k_setting", None)
+            if k_setting is not None:
+                fields["k"] = settings[k_setting]
+            out.append(HeadlineMetric(task=task.name, **fields))
+    return out
 
 
 class ReportSettings(BaseModel):

@@ -5,8 +5,9 @@ Rows per target (a tag category or ``all``), all from cosine similarities of L2-
 
 - ``corrembed``: the paper's metric. For each anchor i, the Pearson correlation over all other items j of
   the two similarities; averaged over anchors. Anchors whose correlation is undefined (constant tag
-  similarity, e.g. everyone shares the anchor's only tag) are dropped and counted. ``variant`` says which
-  anchors: ``anchors=<n>,seed=<s>`` (seeded random, the paper's 1,000) or ``anchors=all``.
+  similarity, e.g. everyone shares the anchor's only tag) are dropped and counted. Protocol ``per-anchor``;
+  ``params`` says which anchors: ``{"anchors": <n>, "seed": <s>}`` (seeded random, the paper's 1,000) or
+  ``{"anchors": "all"}`` — the same score either way, so it stays comparable as a catalogue grows.
 - ``corr_knn`` (k): the same per-anchor correlation over the k items nearest the anchor in embedding space
   only; ``corr_random`` (k): over k random items, the control that says how much of corr_knn is the
   neighbourhood rather than the sample size. Caveat: an anchor whose k neighbours all carry its tags
@@ -17,7 +18,8 @@ Rows per target (a tag category or ``all``), all from cosine similarities of L2-
   cosine over all pairs, the value a random neighbourhood would get.
 - ``pearson_all``: one Pearson over all N(N-1)/2 pairs (exact, from merged sums).
 - ``spearman_all``: one Spearman over all pairs, or over all pairs of a seeded sample of items (at most
-  ``spearman_max_pairs`` pairs); ``variant`` says which (``exact`` or ``sampled-items:<m>``).
+  ``spearman_max_pairs`` pairs); protocol ``all-pairs``, ``params`` says which (``{"pairs": "all"}`` or
+  ``{"pairs": "sampled-items", "items": m, "seed": s}``).
 
 Items without a tag vector in a target are excluded from it and counted in ``note``.
 Intervals: bootstrap over anchors (per-anchor r; per-anchor sums for pearson_all).
@@ -39,18 +41,24 @@ from embedeval.engine.tiles import gather_rows, map_blocks_of, query_rows
 from embedeval.metrics.correlation import spearman
 from embedeval.scoring.bootstrap import NO_INTERVAL, Interval, bootstrap_mean, bootstrap_summed, derive_seed
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
+from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.tags import TagVectors, sparse_row_dots
 
 TASK = "corrembed"
 
 
-def choose_anchors(n: int, anchors: int | str, seed: int) -> tuple[np.ndarray, str]:
-    """Sorted anchor indices and the variant string naming how they were chosen."""
+PER_ANCHOR = "per-anchor"      # mean over anchors of Pearson over every other item (self excluded)
+ALL_PAIRS = "all-pairs"        # one correlation over all item pairs (or all pairs of a seeded item sample)
+
+
+def choose_anchors(n: int, anchors: int | str, seed: int) -> np.ndarray:
+    """Sorted anchor indices: every item when ``anchors`` is ``'all'`` or at least n, else a seeded sample."""
     if anchors == "all" or int(anchors) >= n:
-        return np.arange(n, dtype=np.int64), "anchors=all"
+        return np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=int(anchors), replace=False)).astype(np.int64), f"anchors={anchors},seed={seed}"
+    return np.sort(rng.choice(n, size=int(anchors), replace=False)).astype(np.int64)
 
 
 def mean_of_defined(r: np.ndarray) -> tuple[float | None, np.ndarray, int]:
@@ -83,21 +91,22 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
     if n < 3:
         reason = (f"every {target} tag weighs 0 (carried by every tagged item, or weighted 0)"
                   if tv.weights.size and not np.any(tv.weights > 0) else f"{n} items with {target} tags")
-        return [ctx.row(TASK, target, m, None, n, 0.0, note=join_notes(f"skipped: {reason}", base))
-                for m in ("corrembed", "pearson_all", "spearman_all")]
+        return [ctx.row(TASK, target, m, None, n, 0.0, protocol=protocol, note=join_notes(f"skipped: {reason}", base))
+                for m, protocol in (("corrembed", PER_ANCHOR), ("pearson_all", ALL_PAIRS), ("spearman_all", ALL_PAIRS))]
 
     rows: list[ScoreRow] = []
     anchor_seed = derive_seed(s.seed, TASK, "anchors")
-    anchors, variant = choose_anchors(n, s.corr_anchors, anchor_seed)
-    if variant != "anchors=all":
-        variant = f"anchors={len(anchors)},seed={s.seed}"
+    anchors = choose_anchors(n, s.corr_anchors, anchor_seed)
+    # the anchor sample is a parameter, not part of the score's identity: a catalogue crossing
+    # corr_anchors items keeps comparing with itself night over night
+    anchor_params = ({"anchors": "all"} if anchors.size == n else {"anchors": int(anchors.size), "seed": s.seed})
 
     def per_anchor_row(metric: str, r: np.ndarray, seconds: float, k: int | None = None, extra: str | None = None) -> None:
         value, ok, dropped = mean_of_defined(r)
         ci = bootstrap_mean(ok, s.bootstrap_resamples, derive_seed(s.seed, TASK, target, metric, k), s.confidence)
         note = join_notes(f"{dropped} anchors with undefined correlation dropped" if dropped else None, extra, base)
-        rows.append(ctx.row(TASK, target, metric, value, ok.size, seconds, k=k, variant=variant,
-                            ci_low=ci.low, ci_high=ci.high, note=note))
+        rows.append(ctx.row(TASK, target, metric, value, ok.size, seconds, k=k, protocol=PER_ANCHOR,
+                            params=anchor_params, ci_low=ci.low, ci_high=ci.high, note=note))
 
     t_blocks = [T[lo:hi] for lo, hi in zip(E.offsets[:-1], E.offsets[1:])]
     with stopwatch() as t_gram:
@@ -111,7 +120,7 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
     ks = [k for k in s.corr_ks if k < n]
     for k in s.corr_ks:
         if k >= n:
-            rows.append(ctx.row(TASK, target, "corr_knn", None, 0, 0.0, k=k, variant=variant,
+            rows.append(ctx.row(TASK, target, "corr_knn", None, 0, 0.0, k=k, protocol=PER_ANCHOR, params=anchor_params,
                                 note=join_notes(f"skipped: k={k} needs more than {n} items", base)))
     if ks:
         kmax = max(ks)
@@ -145,7 +154,8 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
         value = all_pairs_from_stats(stats).r
     ci = _pearson_all_interval(ctx, E, t_blocks, stats, target)
     rows.append(ctx.row(TASK, target, "pearson_all", value, n, t_gram[0] + t[0], ci_low=ci.low, ci_high=ci.high,
-                        variant="exact", note=join_notes(f"{n * (n - 1) // 2} pairs", base)))
+                        protocol=ALL_PAIRS, params={"pairs": "all"},
+                        note=join_notes(f"{n * (n - 1) // 2} pairs", base)))
 
     rows.append(_spearman_row(ctx, E, T, target, base))
     return rows
@@ -201,8 +211,32 @@ def _spearman_row(ctx: TaskContext, E: BlockSource, T: Any, target: str, base: s
         y = sparse_row_dots(T, items[iu], items[ju])
         rho = spearman(x, y)
     sampled = items.size < n
-    variant = f"sampled-items:{items.size},seed={s.seed}" if sampled else "exact"
-    return ctx.row(TASK, target, "spearman_all", rho, n, t[0], variant=variant,
+    params = {"pairs": "sampled-items", "items": int(items.size), "seed": s.seed} if sampled else {"pairs": "all"}
+    return ctx.row(TASK, target, "spearman_all", rho, n, t[0], protocol=ALL_PAIRS, params=params,
                    note=join_notes(f"{x.size} of {pairs} pairs" + (f" (all pairs of {items.size} seeded items)"
                                                                    if sampled else ""),
                                    "no bootstrap interval (pairs share items)", base))
+
+
+def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
+    """One unit per modality in ``corr_modalities``; without a tags column a skipped row says why."""
+    units: list[ScoreUnit] = []
+    for m in inputs.settings.corr_modalities:
+        if m not in inputs.modalities:
+            continue
+        if not inputs.has_tags:
+            units.append(ScoreUnit(TASK, m, (), lambda ctx, e, tv, m=m: UnitResult([ctx.row(
+                TASK, "all", "corrembed", None, 0, 0.0, protocol=PER_ANCHOR,
+                note=f"skipped: the manifest has no 'tags' column ({m})")])))
+            continue
+        units.append(ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: UnitResult(score_corrembed(ctx, e[m], tv))))
+    return units
+
+
+SCORE_TASK = ScoreTask(
+    name=TASK, plan=_plan, uses_tags=True, modalities=("image", "text", "sketch"), columns=("tags",),
+    description="per-anchor correlation of embedding and weighted-tag similarity (CorrEmbed), corr_knn, "
+                "knn_tag_similarity, pearson_all, spearman_all",
+    headline=(dict(label="CorrEmbed", target="all", metric="corrembed"),
+              dict(label="corr_knn@{k}", target="all", metric="corr_knn", k_setting="corr_knn_k")),
+    plots=("embedeval.report.plots:corrembed_plots",))

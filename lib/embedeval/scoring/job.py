@@ -25,7 +25,6 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -34,9 +33,11 @@ import pyarrow.parquet as pq
 from embedeval.io.embeddings import list_committed, read_commit_marker
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
+from embedeval.scoring import registry
 from embedeval.scoring.parts import ScoreParts, UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreUnit
 from embedeval.scoring.prepare import prepare_partition
-from embedeval.scoring.schema import SCORES_PATH, scores_table
+from embedeval.scoring.schema import IDENTITY_COLUMNS, SCORES_PATH, scores_table
 from embedeval.scoring.settings import EXECUTION_SETTINGS, ScoreSettings
 from embedeval.scoring.tags import TagVectors, build_tag_vectors
 
@@ -154,13 +155,12 @@ def _inputs_fingerprint(storage: Storage, run_id: str, model: str, modalities: l
 
 def scores_table_from(tables: list[pa.Table]) -> pa.Table:
     rows = pa.concat_tables(tables) if tables else scores_table([])
-    keys = ["model", "task", "target", "metric", "k", "split", "variant"]
-    return rows.sort_by([(k, "ascending") for k in keys])
+    return rows.sort_by([(k, "ascending") for k in IDENTITY_COLUMNS])
 
 
 def _tag_vectors(catalogue: CatalogueView, tag_categories: dict[str, str] | None,
                  category_weights: dict[str, float] | None, settings: ScoreSettings) -> list[TagVectors] | None:
-    if "corrembed" not in settings.tasks or catalogue.tags is None:
+    if catalogue.tags is None or not any(registry.get_task(t).uses_tags for t in settings.tasks):
         return None
     return build_tag_vectors(catalogue.tags, tag_categories, category_weights, settings.tag_weighting)
 
@@ -209,66 +209,16 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
-@dataclass(frozen=True)
-class ScoreUnit:
-    """One resumable piece of the score stage: a task on a target, with the modalities it reads."""
-
-    task: str
-    target: str
-    modalities: tuple[str, ...]
-    run: Callable[[TaskContext, dict[str, ModalityEmbeddings], list[TagVectors] | None], UnitResult]
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.target}"
-
-
 def plan_units(s: ScoreSettings, modalities: list[str], catalogue: CatalogueView, has_tags: bool) -> list[ScoreUnit]:
-    """Every enabled (task, target) that this model's modalities and the manifest's columns allow."""
-    from embedeval.scoring import corrembed, modality_gap, prototypes, rankability, retrieval
-
-    have = set(modalities)
+    """Every enabled task's units for one model, in the registry's order (see
+    :mod:`embedeval.scoring.registry`): the task decides what this model's modalities and the manifest's
+    columns allow."""
+    inputs = PlanInputs(s, frozenset(modalities), catalogue, has_tags)
     units: list[ScoreUnit] = []
-    if "corrembed" in s.tasks:
-        for m in s.corr_modalities:
-            if m not in have:
-                continue
-            if not has_tags:
-                units.append(ScoreUnit("corrembed", m, (), lambda ctx, e, tv, m=m: UnitResult([ctx.row(
-                    "corrembed", "all", "corrembed", None, 0, 0.0,
-                    note=f"skipped: the manifest has no 'tags' column ({m})")])))
-                continue
-            units.append(ScoreUnit("corrembed", m, (m,),
-                                   lambda ctx, e, tv, m=m: UnitResult(corrembed.score_corrembed(ctx, e[m], tv))))
-    if "rankability" in s.tasks and catalogue.attrs:
-        for m in s.rank_modalities:
-            if m in have:
-                units.append(ScoreUnit("rankability", m, (m,),
-                                       lambda ctx, e, tv, m=m: UnitResult(rankability.score_rankability(ctx, e[m]))))
-    if "retrieval" in s.tasks:
-        if {"image", "text"} <= have:
-            units.append(ScoreUnit("retrieval", "image<->text", ("image", "text"), lambda ctx, e, tv: UnitResult(
-                retrieval.score_caption_retrieval(ctx, e["image"], e["text"]))))
-        for pair in s.label_pairs:
-            a, _, b = pair.partition("->")
-            if a in have and b in have:
-                units.append(ScoreUnit("retrieval", pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: UnitResult(
-                    retrieval.score_label_retrieval(ctx, e[a], e[b]))))
-    if "prototypes" in s.tasks and catalogue.labels is not None:
-        for m in (s.prototype_modalities or sorted(have)):
-            if m in have:
-                units.append(ScoreUnit("prototypes", m, (m,), lambda ctx, e, tv, m=m: _prototype_result(ctx, e[m])))
-    if "modality_gap" in s.tasks and {"image", "text"} <= have:
-        units.append(ScoreUnit("modality_gap", "image|text", ("image", "text"), lambda ctx, e, tv: UnitResult(
-            modality_gap.score_modality_gap(ctx, e["image"], e["text"]))))
+    for task in registry.all_tasks():
+        if task.name in s.tasks:
+            units.extend(task.plan(inputs))
     return units
-
-
-def _prototype_result(ctx: TaskContext, emb: ModalityEmbeddings) -> UnitResult:
-    from embedeval.scoring import prototypes
-
-    result = prototypes.score_prototypes(ctx, emb)
-    return UnitResult(result.rows, result.ambiguity, result.examples)
 
 
 def _run_unit(ctx: TaskContext, unit: ScoreUnit, embeddings: dict[str, ModalityEmbeddings],

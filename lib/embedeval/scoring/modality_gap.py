@@ -19,6 +19,8 @@ from embedeval.engine.sources import BlockSource
 from embedeval.engine.tiles import reduce_blocks
 from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, percentile_interval, poisson_weights
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
+from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.retrieval import caption_ranks, check_same_dim, modality_mean, sample_note
 from embedeval.scoring.schema import ScoreRow
 
@@ -59,7 +61,7 @@ def score_modality_gap(ctx: TaskContext, images: ModalityEmbeddings, texts: Moda
     ci2 = bootstrap_mean(delta, s.bootstrap_resamples, derive_seed(s.seed, TASK, "gain"), s.confidence)
     skipped = before.skipped
     rows.append(ctx.row(TASK, TARGET, "gap_gain@R@1", float(delta.mean()), delta.size, t[0], k=1,
-                        ci_low=ci2.low, ci_high=ci2.high, variant="image->text",
+                        ci_low=ci2.low, ci_high=ci2.high, protocol="image->text",
                         note=join_notes(f"R@1 {np.mean(before.ranks <= 1):.4f} -> {np.mean(after.ranks <= 1):.4f}",
                                         f"{skipped} images without captions skipped" if skipped else None,
                                         sample_note(before), note)))
@@ -93,3 +95,15 @@ def _centroid_interval(ctx: TaskContext, images: ModalityEmbeddings, texts: Moda
     stats = np.linalg.norm(img_sum[ok] / img_n[ok, None] - txt_sum[ok] / txt_n[ok, None], axis=1)
     ci = percentile_interval(stats, confidence)
     return ci.low, ci.high
+
+
+def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
+    if not {"image", "text"} <= inputs.modalities:
+        return []
+    return [ScoreUnit(TASK, TARGET, ("image", "text"), lambda ctx, e, tv: UnitResult(
+        score_modality_gap(ctx, e["image"], e["text"])))]
+
+
+SCORE_TASK = ScoreTask(
+    name=TASK, plan=_plan, modalities=("image", "text"), columns=("captions",),
+    description="distance between the image and text centroids, and R@1 gained by removing each modality's mean")

@@ -1,7 +1,7 @@
 """Prototypes: k-means on one modality's normalised embeddings, compared with the catalogue's labels.
 
-Rows (target = modality): ``nmi``, ``ari``, ``purity`` of the clustering against labels (k = number of
-labels unless set), and ``ambiguity_rate``: the share of items whose nearest neighbour has another label
+Rows (target = modality): ``nmi``, ``ari``, ``purity`` of the clustering against labels (k-means k = number of
+labels unless set; in ``params``, so the score keeps its identity when a label is added), and ``ambiguity_rate``: the share of items whose nearest neighbour has another label
 but the same prototype — soft positives, pairs a model thinks alike that the labels keep apart.
 
 Two tables for the report, written by the job:
@@ -34,9 +34,12 @@ from embedeval.engine.tiles import map_blocks_of, query_rows
 from embedeval.metrics import clustering
 from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, half_sample_interval
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
+from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
 
 TASK = "prototypes"
+PROTOCOL = "kmeans"     # k-means on unit vectors; k, init and iterations are in ``params``
 _BOUNDS = {"nmi": (0.0, 1.0), "ari": (-0.5, 1.0), "purity": (0.0, 1.0)}
 
 AMBIGUITY_SCHEMA = pa.schema([
@@ -96,7 +99,7 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
     k = s.kmeans_k or n_labels
     empty = PrototypeScores([], AMBIGUITY_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table())
     if n_labels < 2 or k > n or n < 3:
-        empty.rows = [ctx.row(TASK, modality, m, None, n, 0.0, note=join_notes(
+        empty.rows = [ctx.row(TASK, modality, m, None, n, 0.0, protocol=PROTOCOL, note=join_notes(
             f"skipped: {n} labelled items, {n_labels} labels, k={k}", base))
             for m in ("nmi", "ari", "purity", "ambiguity_rate")]
         return empty
@@ -106,7 +109,9 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
                         block_size=s.block_size, runner=ctx.runner)
     fit_seconds = t[0]
     assign = np.asarray(result.labels, dtype=np.int64)
-    variant = f"k={k},init={s.kmeans_init}"
+    # k-means k follows the label count by default: a parameter, not part of the score's identity (k column
+    # stays null), so a catalogue that gains a label still diffs against last night's clustering
+    params = {"k": int(k), "init": s.kmeans_init, "iters": s.kmeans_iters, "seed": s.seed}
     kmeans_note = join_notes(f"k-means: {result.n_iter} iterations, inertia {float(result.inertia):.4g}", base)
 
     rows: list[ScoreRow] = []
@@ -116,15 +121,17 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
         ci = half_sample_interval(n, lambda idx, f=fn: f(label_codes[idx], assign[idx]), value,
                                   s.bootstrap_resamples, derive_seed(s.seed, TASK, modality, metric), s.confidence,
                                   bounds=_BOUNDS[metric])
-        rows.append(ctx.row(TASK, modality, metric, value, n, fit_seconds + t[0], k=k, variant=variant,
-                            ci_low=ci.low, ci_high=ci.high, note=kmeans_note))
+        rows.append(ctx.row(TASK, modality, metric, value, n, fit_seconds + t[0], protocol=PROTOCOL,
+                            params=params, ci_low=ci.low, ci_high=ci.high, note=kmeans_note))
 
     m = min(s.ambiguity_neighbours, n - 1)
     items = np.arange(n, dtype=np.int64)
     amb_note = kmeans_note
+    amb_params = dict(params, neighbours=int(m))
     if s.ambiguity_max_items is not None and n > s.ambiguity_max_items:
         rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "ambiguity-items"))
         items = np.sort(rng.choice(n, size=s.ambiguity_max_items, replace=False))
+        amb_params["items"] = int(items.size)
         amb_note = join_notes(f"ambiguity: {items.size} of {n} items sampled (seeded), neighbours among all {n}",
                               kmeans_note)
     with stopwatch() as t:
@@ -135,8 +142,8 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
     soft = (label_codes[nn] != label_codes[items]) & (assign[nn] == assign[items])
     ci = bootstrap_mean(soft.astype(np.float64), s.bootstrap_resamples, derive_seed(s.seed, TASK, modality, "amb"),
                         s.confidence)
-    rows.append(ctx.row(TASK, modality, "ambiguity_rate", float(soft.mean()), items.size, fit_seconds + t[0], k=k,
-                        variant=variant, ci_low=ci.low, ci_high=ci.high, note=amb_note))
+    rows.append(ctx.row(TASK, modality, "ambiguity_rate", float(soft.mean()), items.size, fit_seconds + t[0],
+                        protocol=PROTOCOL, params=amb_params, ci_low=ci.low, ci_high=ci.high, note=amb_note))
 
     names = _Names(ctx, sub.rows, label_codes)
     ambiguity = ambiguity_table(ctx.model, modality, names, items, label_codes, assign, sims, nbrs, s.ambiguity_top)
@@ -235,3 +242,23 @@ def prototype_examples(ctx: TaskContext, modality: str, X: BlockSource, names: _
                 "distance": float(d), "rank": int(r)}
                for c, i, lab, d, r in zip(assign[keep], names.ids(keep), names.labels(keep), dist[keep], ranks)]
     return pa.Table.from_pylist(records, schema=EXAMPLES_SCHEMA)
+
+
+def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
+    """One unit per modality (``prototype_modalities``, default all) when the manifest has labels."""
+    if inputs.catalogue.labels is None:
+        return []
+    wanted = inputs.settings.prototype_modalities or sorted(inputs.modalities)
+    return [ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: _unit_result(score_prototypes(ctx, e[m])))
+            for m in wanted if m in inputs.modalities]
+
+
+def _unit_result(result: PrototypeScores) -> UnitResult:
+    return UnitResult(result.rows, result.ambiguity, result.examples)
+
+
+SCORE_TASK = ScoreTask(
+    name=TASK, plan=_plan, modalities=("image", "text", "sketch"), columns=("label",),
+    description="k-means prototypes vs labels (NMI, ARI, purity) and the ambiguity rate; ambiguity.parquet, "
+                "prototypes.parquet",
+    headline=(dict(label="NMI ({target})", metric="nmi"),))

@@ -2,7 +2,7 @@
 
 For every ``attr_<name>`` of the manifest an axis v is fitted on L2-normalised *train* items and the test
 items are ranked by <v, x>; the score is Spearman (scipy's convention: average ranks for ties) between
-that projection and the attribute on *test* items (``split`` column). Three fits, reported in ``variant``:
+that projection and the attribute on *test* items (``split`` column). Three fits, each its own ``protocol``:
 
 - ``regression``: ridge regression of the attribute on the embedding (intercept fitted, as sklearn's
   ``Ridge(alpha)``); v is the coefficient vector.
@@ -19,6 +19,7 @@ Memory: O(d^2 + block * d) for the primal fit, O(n_train^2) for the dual one (ch
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import rankdata
@@ -28,7 +29,12 @@ from embedeval.engine.sources import ArrayBlocks, BlockSource
 from embedeval.engine.tiles import gather_rows, map_blocks_of, reduce_blocks
 from embedeval.scoring.bootstrap import Interval, percentile_interval, resample_indices, derive_seed
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
+from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
+
+if TYPE_CHECKING:
+    from embedeval.scoring.settings import ScoreSettings
 
 TASK = "rankability"
 _MAX_REDRAWS = 100
@@ -177,13 +183,13 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
     finite = np.isfinite(values)
     base_note = join_notes(emb.note(), f"{int((~finite).sum())} items with NaN {name} excluded"
                            if (~finite).any() else None)
-    variants = ["regression", "extremes"] + [f"fewshot:{n}" for n in s.fewshot_ns]
+    fit_names = ["regression", "extremes"] + [f"fewshot:{n}" for n in s.fewshot_ns]
 
     def skip_all(reason: str, n: int) -> list[ScoreRow]:
         out = []
-        for v in variants:
+        for v in fit_names:
             kind, _, k = v.partition(":")
-            out.append(ctx.row(TASK, name, "spearman", None, n, 0.0, split="test", variant=kind,
+            out.append(ctx.row(TASK, name, "spearman", None, n, 0.0, split="test", protocol=kind,
                                k=int(k) if k else None, note=join_notes(f"skipped: {reason}", base_note)))
         return out
 
@@ -209,8 +215,8 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
     fits: list[tuple[str, np.ndarray, float, int | None, str | None]] = []
     y_ranks = rankdata(y_test)
 
-    def emit(variant: str, axes: np.ndarray, seconds: float, k: int | None = None, note: str | None = None) -> None:
-        fits.append((variant, np.atleast_2d(axes), seconds, k, note))
+    def emit(fit: str, axes: np.ndarray, seconds: float, k: int | None = None, note: str | None = None) -> None:
+        fits.append((fit, np.atleast_2d(axes), seconds, k, note))
 
     def finish() -> None:
         # one pass over the test items projects every axis of every fit
@@ -218,21 +224,22 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
         with stopwatch() as t:
             all_proj = project(x_test, stacked, ctx.runner)
         at = 0
-        for variant, axes, seconds, k, note in fits:
+        for fit, axes, seconds, k, note in fits:
             proj = all_proj[at:at + axes.shape[0]]
             at += axes.shape[0]
-            _emit_row(variant, proj, seconds + t[0] * axes.shape[0] / stacked.shape[0], k, note)
+            _emit_row(fit, proj, seconds + t[0] * axes.shape[0] / stacked.shape[0], k, note)
 
-    def _emit_row(variant: str, proj: np.ndarray, seconds: float, k: int | None, note: str | None) -> None:
+    def _emit_row(fit: str, proj: np.ndarray, seconds: float, k: int | None, note: str | None) -> None:
         r = _pearson_rows(rankdata(proj, axis=1), y_ranks[None, :])
         value = float(np.nanmean(r)) if np.isfinite(r).any() else None
         ci = mean_spearman_interval(proj, y_test, s.bootstrap_resamples,
-                                    derive_seed(s.seed, TASK, name, variant, k), s.confidence,
+                                    derive_seed(s.seed, TASK, name, fit, k), s.confidence,
                                     max_units=s.bootstrap_max_units)
         if y_test.size > s.bootstrap_max_units:
             note = join_notes(note, f"interval: m-out-of-n bootstrap, m={s.bootstrap_max_units}")
-        out.append(ctx.row(TASK, name, "spearman", value, y_test.size, seconds, split="test", variant=variant,
-                           k=k, ci_low=ci.low, ci_high=ci.high, note=join_notes(counts, note, base_note)))
+        out.append(ctx.row(TASK, name, "spearman", value, y_test.size, seconds, split="test", protocol=fit,
+                           params=_fit_params(fit, s), k=k, ci_low=ci.low, ci_high=ci.high,
+                           note=join_notes(counts, note, base_note)))
 
     with stopwatch() as t:
         axis = fit_ridge_axis(x_train, y_train, s.ridge_alpha, s.block_size, ctx.runner)
@@ -245,20 +252,22 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
 
     for n in s.fewshot_ns:
         if n > y_train.size:
-            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, 0.0, split="test", variant="fewshot", k=n,
+            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, 0.0, split="test", protocol="fewshot", k=n,
+                               params=_fit_params("fewshot", s),
                                note=join_notes(f"skipped: only {y_train.size} train items for n={n}", base_note)))
             continue
         with stopwatch() as t:
             axes, redraws = _fewshot_axes(x_train, y_train, n, s.fewshot_repeats, s.ridge_alpha,
                                           derive_seed(s.seed, TASK, name, "fewshot-draws", n), ctx.runner)
         if axes is None:
-            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, t[0], split="test", variant="fewshot", k=n,
+            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, t[0], split="test", protocol="fewshot", k=n,
+                               params=_fit_params("fewshot", s),
                                note=join_notes(f"skipped: no draw of {n} train items has 2 distinct values", base_note)))
             continue
         emit("fewshot", axes, t[0], k=n,
              note=f"mean over {s.fewshot_repeats} seeded draws" + (f", {redraws} constant draws redrawn" if redraws else ""))
     finish()
-    return _in_fit_order(out, variants)
+    return _in_fit_order(out, fit_names)
 
 
 def _fewshot_axes(X: BlockSource, y: np.ndarray, n: int, repeats: int, alpha: float,
@@ -282,7 +291,31 @@ def _fewshot_axes(X: BlockSource, y: np.ndarray, n: int, repeats: int, alpha: fl
     return np.vstack(axes), redraws
 
 
-def _in_fit_order(rows: list[ScoreRow], variants: list[str]) -> list[ScoreRow]:
+def _fit_params(fit: str, s: ScoreSettings) -> dict[str, float | int] | None:
+    """The parameters of a fit that change its number (its ``params``; the fit itself is the protocol)."""
+    if fit == "regression":
+        return {"alpha": s.ridge_alpha}
+    if fit == "fewshot":
+        return {"alpha": s.ridge_alpha, "repeats": s.fewshot_repeats, "seed": s.seed}
+    return None
+
+
+def _in_fit_order(rows: list[ScoreRow], fit_names: list[str]) -> list[ScoreRow]:
     """Rows in the order regression, extremes, few-shot by n (skipped ones where they fall)."""
-    rank = {v: i for i, v in enumerate(variants)}
-    return sorted(rows, key=lambda r: rank.get(r.variant if r.k is None else f"{r.variant}:{r.k}", len(rank)))
+    rank = {v: i for i, v in enumerate(fit_names)}
+    return sorted(rows, key=lambda r: rank.get(r.protocol if r.k is None else f"{r.protocol}:{r.k}", len(rank)))
+
+
+def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
+    """One unit per modality in ``rank_modalities`` when the manifest has ``attr_*`` columns."""
+    if not inputs.catalogue.attrs:
+        return []
+    return [ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: UnitResult(score_rankability(ctx, e[m])))
+            for m in inputs.settings.rank_modalities if m in inputs.modalities]
+
+
+SCORE_TASK = ScoreTask(
+    name=TASK, plan=_plan, modalities=("image", "text", "sketch"), columns=("attr_*", "split"),
+    description="Spearman of a linear axis (ridge, few-shot, two extremes) with each attribute on test items",
+    headline=(dict(label="rank ρ: {target}", metric="spearman", protocol="regression", split=["test", "all"]),),
+    plots=("embedeval.report.plots:rankability_plots",))

@@ -5,9 +5,10 @@ matches (an image's captions; a caption's image) is in its top K; ranks are 1-ba
 match; rsum is the recalls in percent summed over both directions. R@K values are fractions in [0, 1].
 
 Label retrieval (any a->b with labels; sketch->image by default): relevance = same label; mAP@all over the
-whole gallery ranking, mAP@K over its first K, P@K. ``variant`` names the AP convention: ``ap=standard``
-(AP divides by the relevant items R, P@K by K) or ``ap=zs-sbir`` (the ZS-SBIR code's min(K, R) divisor and
-interpolated AP). Splits: ``all`` (every query against the whole gallery) and, with a ``class_split``
+whole gallery ranking, mAP@K over its first K, P@K. ``protocol`` names the AP convention: ``standard``
+(AP divides by the relevant items R, P@K by K) or ``zs-sbir`` (the ZS-SBIR code's min(K, R) divisor and
+interpolated AP). A seeded query sample (``caption_max_queries``, ``label_max_queries``) is recorded in
+``params`` as ``{"queries": m, "seed": s}``: the same score, estimated on fewer queries. Splits: ``all`` (every query against the whole gallery) and, with a ``class_split``
 column, one split per value (seen/unseen) where queries *and* gallery are restricted to that value — the
 zero-shot protocol, where unseen-class sketches are searched among unseen-class images.
 
@@ -29,6 +30,8 @@ from embedeval.metrics import retrieval as rm
 from embedeval.scoring.bootstrap import (bootstrap_gathered, bootstrap_mean, derive_seed, percentile_interval,
                                          resampled_means)
 from embedeval.scoring.context import ModalityEmbeddings, ScoringError, TaskContext, join_notes, stopwatch
+from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
 
 TASK = "retrieval"
@@ -108,6 +111,13 @@ def modality_mean(source: BlockSource, runner: TileRunner | None = None) -> np.n
     return reduce_blocks(_sum_rows, source, np.add, np.zeros(source.dim), runner=runner) / max(source.n, 1)
 
 
+def sample_params(result: CaptionRanks, seed: int) -> dict[str, int] | None:
+    """``params`` of a row computed on a seeded query sample (None when every query was ranked)."""
+    if result.ranks.size < result.sampled_from:
+        return {"queries": int(result.ranks.size), "seed": seed}
+    return None
+
+
 def sample_note(result: CaptionRanks) -> str | None:
     if result.ranks.size < result.sampled_from:
         return f"{result.ranks.size} of {result.sampled_from} queries sampled (seeded)"
@@ -130,6 +140,7 @@ def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts:
         note = join_notes(f"{skipped} {q.modality} queries without a true match skipped" if skipped else None,
                           sample_note(result), base)
         seconds = t[0]
+        params = sample_params(result, s.seed)
         total_seconds += seconds
         if ranks.size == 0:
             rows.append(ctx.row(TASK, direction, "R@1", None, 0, seconds, k=1, note=join_notes("skipped: no query has a match", note)))
@@ -140,12 +151,12 @@ def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts:
             hits_by_direction[direction].append(hits)
             ci = bootstrap_mean(hits, s.bootstrap_resamples, derive_seed(s.seed, TASK, direction, k), s.confidence)
             rows.append(ctx.row(TASK, direction, f"R@{k}", float(hits.mean()), ranks.size, seconds, k=k,
-                                ci_low=ci.low, ci_high=ci.high, note=note))
+                                params=params, ci_low=ci.low, ci_high=ci.high, note=note))
         for metric, value, fn in (("median_rank", rm.median_rank(ranks), np.median),
                                   ("mean_rank", rm.mean_rank(ranks), np.mean)):
             ci = bootstrap_gathered(ranks.astype(np.float64), lambda a, f=fn: f(a, axis=1), s.bootstrap_resamples,
                                     derive_seed(s.seed, TASK, direction, metric), s.confidence)
-            rows.append(ctx.row(TASK, direction, metric, value, ranks.size, seconds,
+            rows.append(ctx.row(TASK, direction, metric, value, ranks.size, seconds, params=params,
                                 ci_low=ci.low, ci_high=ci.high, note=note))
     if len(hits_by_direction) == 2:
         rows.append(_rsum_row(ctx, hits_by_direction, base, total_seconds))
@@ -166,7 +177,7 @@ def _rsum_row(ctx: TaskContext, hits_by_direction: dict[str, list[np.ndarray]], 
     n = sum(h[0].size for h in hits_by_direction.values())
     ks = ",".join(str(k) for k in s.recall_ks)
     return ctx.row(TASK, "image<->text", "rsum", value, n, seconds, ci_low=ci.low if ci else None,
-                   ci_high=ci.high if ci else None, variant=f"ks={ks}", note=note)
+                   ci_high=ci.high if ci else None, params={"ks": list(s.recall_ks)}, note=note)
 
 
 def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings) -> list[ScoreRow]:
@@ -199,7 +210,7 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
                  gallery: ModalityEmbeddings, qmask: np.ndarray, gmask: np.ndarray, q_codes: np.ndarray,
                  g_codes: np.ndarray, base: str | None) -> list[ScoreRow]:
     s = ctx.settings
-    variant = f"ap={s.ap_convention}"
+    protocol = s.ap_convention   # the AP / P@K definition: "standard" or the ZS-SBIR code's
     same_space = queries.modality == gallery.modality
     qi, gi = np.flatnonzero(qmask), np.flatnonzero(gmask)
     exclude = None
@@ -215,15 +226,17 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
                       f"gallery={gi.size}", base)
     metrics = (["mAP@all"] + [f"mAP@{k}" for k in s.map_cutoffs] + [f"P@{k}" for k in s.precision_ks])
     if not ok.any():
-        return [ctx.row(TASK, direction, m, None, 0, 0.0, split=split, variant=variant,
+        return [ctx.row(TASK, direction, m, None, 0, 0.0, split=split, protocol=protocol,
                         note=join_notes("skipped: no query has a relevant item", note)) for m in metrics]
     pick = np.flatnonzero(ok)
+    params = None
     if s.label_max_queries is not None and pick.size > s.label_max_queries:
         # Exact ranks over the whole gallery cost O(queries x gallery); a seeded uniform sample of queries
         # keeps every number exact for the queries it covers, and n and the note say how many.
         rng = np.random.default_rng(derive_seed(s.seed, TASK, direction, split, "queries"))
         sample = np.sort(rng.choice(pick.size, size=s.label_max_queries, replace=False))
         note = join_notes(f"{s.label_max_queries} of {pick.size} queries sampled (seeded)", note)
+        params = {"queries": int(s.label_max_queries), "seed": s.seed}
         pick = pick[sample]
     n_rel = n_rel[pick]
     q_src = query_rows(ctx.place(queries.source), qi[pick], ctx.runner)
@@ -248,5 +261,31 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
         ci = bootstrap_mean(values, s.bootstrap_resamples, derive_seed(s.seed, TASK, direction, split, metric),
                             s.confidence)
         rows.append(ctx.row(TASK, direction, metric, float(values.mean()), values.size, seconds, k=k, split=split,
-                            variant=variant, ci_low=ci.low, ci_high=ci.high, note=note))
+                            protocol=protocol, params=params, ci_low=ci.low, ci_high=ci.high, note=note))
     return rows
+
+
+def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
+    """image<->text when the model has both; one unit per ``label_pairs`` direction it has."""
+    have = inputs.modalities
+    units: list[ScoreUnit] = []
+    if {"image", "text"} <= have:
+        units.append(ScoreUnit(TASK, "image<->text", ("image", "text"), lambda ctx, e, tv: UnitResult(
+            score_caption_retrieval(ctx, e["image"], e["text"]))))
+    for pair in inputs.settings.label_pairs:
+        a, _, b = pair.partition("->")
+        if a in have and b in have:
+            units.append(ScoreUnit(TASK, pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: UnitResult(
+                score_label_retrieval(ctx, e[a], e[b]))))
+    return units
+
+
+SCORE_TASK = ScoreTask(
+    name=TASK, plan=_plan, modalities=("image", "text", "sketch"), columns=("captions", "label", "class_split"),
+    description="image<->text R@K, rsum, median/mean rank; label retrieval (sketch->image) mAP@all, mAP@K, P@K",
+    headline=(dict(label="i→t R@1", target="image->text", metric="R@1"),
+              dict(label="t→i R@1", target="text->image", metric="R@1"),
+              dict(label="rsum", metric="rsum"),
+              dict(label="sketch mAP@all ({split})", target="sketch->image", metric="mAP@all",
+                   split=["unseen", "test", "all", "seen"])),
+    plots=("embedeval.report.plots:retrieval_plots",))

@@ -1,11 +1,19 @@
 """The scores contract: one tidy (long) table per run, ``runs/<run_id>/scores/scores.parquet``.
 
-One row per (model, task, target, metric, k, split). The report stage reads only this table.
+One row per score identity (model, task, target, metric, k, split, protocol). ``protocol`` names the
+*definition* of the number (``per-anchor``, ``all-pairs``, ``regression``, ``zs-sbir``...) and never a count
+or a seed, so a catalogue that grows, gains a label or changes its sample size keeps every score's identity
+and a nightly diff compares like with like. The parameters that produced the value (anchors, seeds, sample
+sizes, k-means k, K lists) are in ``params``: a JSON object with sorted keys, which polars
+(``str.json_decode``) and DuckDB (``params::JSON``, ``json_extract``) read as is. The report stage reads
+only this table.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -26,7 +34,8 @@ SCORES_SCHEMA = pa.schema(
         pa.field("n", pa.int64(), nullable=False),           # anchors / queries / items the value is over
         pa.field("seconds", pa.float64(), nullable=False),   # wall time of the computation
         pa.field("weights_random", pa.bool_(), nullable=False),
-        pa.field("variant", pa.string(), nullable=True),     # fit method, AP convention, ...; null where none
+        pa.field("protocol", pa.string(), nullable=False),   # the definition: per-anchor, all-pairs, regression...
+        pa.field("params", pa.string(), nullable=True),      # JSON object: anchors, seed, sample sizes, k-means k...
         pa.field("note", pa.string(), nullable=True),        # counted skips and why, conventions used
     ]
 )
@@ -47,13 +56,40 @@ class ScoreRow:
     split: str = "all"
     ci_low: float | None = None
     ci_high: float | None = None
-    variant: str | None = None
+    protocol: str = "standard"
+    params: dict[str, Any] | None = None
     note: str | None = None
+
+
+#: The columns that identify a score; the table holds at most one row per identity.
+IDENTITY_COLUMNS = ("model", "task", "target", "metric", "k", "split", "protocol")
+
+
+def params_json(params: dict[str, Any] | None) -> str | None:
+    """The ``params`` cell: compact JSON with sorted keys (byte-identical for equal parameters)."""
+    if not params:
+        return None
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def params_of(text: str | None) -> dict[str, Any] | None:
+    """Inverse of :func:`params_json`."""
+    return json.loads(text) if text else None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples in params become JSON numbers and lists."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"params value {value!r} is not JSON")
 
 
 def scores_table(rows: list[ScoreRow]) -> pa.Table:
     """Rows -> a table in SCORES_SCHEMA, sorted so that reruns produce identical files."""
     records = [asdict(r) for r in rows]
+    for rec in records:
+        rec["params"] = params_json(rec["params"])
     table = pa.Table.from_pylist(records, schema=SCORES_SCHEMA)
-    keys = ["model", "task", "target", "metric", "k", "split", "variant"]
-    return table.sort_by([(k, "ascending") for k in keys])
+    return table.sort_by([(k, "ascending") for k in IDENTITY_COLUMNS])

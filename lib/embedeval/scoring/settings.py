@@ -7,14 +7,15 @@ option rather than the default).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embedeval.models.base import ALL_MODALITIES as MODALITIES
+from embedeval.scoring import registry
 
-TaskName = Literal["corrembed", "rankability", "retrieval", "prototypes", "modality_gap"]
-ALL_TASKS: tuple[TaskName, ...] = ("corrembed", "rankability", "retrieval", "prototypes", "modality_gap")
+#: The built-in tasks (every one runs by default); plugins add more (``score.plugins``).
+ALL_TASKS: tuple[str, ...] = tuple(registry.BUILTIN_TASKS)
 
 
 # Settings that change how the work is run, never a number: excluded from the inputs fingerprint, so
@@ -28,8 +29,13 @@ class ScoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- general -------------------------------------------------------------------------------------
-    tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS),
-                                  description="which analyses to run")
+    plugins: list[str] = Field(default_factory=list,
+                               description="modules that declare score tasks of your own (SCORE_TASK); "
+                                           "see embedeval.scoring.registry")
+    tasks: list[str] = Field(default_factory=lambda: list(ALL_TASKS),
+                             description="which analyses to run: built-in or plugin task names")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task options, validated by the task's own options model")
     seed: int = Field(0, description="one seed for every random choice (anchors, draws, samples, bootstrap)")
     block_size: int = Field(4096, ge=1, description="query rows per tile of the engine; task memory is "
                                                      "O(B * (block_rows + d))")
@@ -115,6 +121,27 @@ class ScoreSettings(BaseModel):
             if not sep or a not in MODALITIES or b not in MODALITIES:
                 raise ValueError(f"label_pairs entry {p!r} must look like 'sketch->image' (modalities: {MODALITIES})")
         return v
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> "ScoreSettings":
+        registry.load_plugins(self.plugins)
+        known = registry.task_names()
+        unknown = [t for t in self.tasks if t not in known]
+        if unknown:
+            raise ValueError(f"unknown score tasks {unknown}; known: {known} (tasks of your own go in plugins)")
+        for name, values in self.options.items():
+            if name not in known:
+                raise ValueError(f"options for unknown score task {name!r}")
+            model = registry.get_task(name).options
+            if model is None:
+                raise ValueError(f"score task {name!r} takes no options")
+            self.options[name] = model.model_validate(values).model_dump(mode="json")
+        return self
+
+    def options_for(self, task: str) -> Any:
+        """The validated options model of ``task`` (defaults where the config gives none), or None."""
+        model = registry.get_task(task).options
+        return None if model is None else model.model_validate(self.options.get(task, {}))
 
     @field_validator("corr_modalities", "rank_modalities", "prototype_modalities")
     @classmethod
