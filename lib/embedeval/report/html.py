@@ -4,6 +4,7 @@ it can be mailed, attached to a ticket or opened from a bucket without anything 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f3;position:sticky;top:0;z-index:1}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th:hover{background:#e2e2ea}
+table.sortable th[data-dir=asc]::after{content:" \\25B4"}
+table.sortable th[data-dir=desc]::after{content:" \\25BE"}
 td.num,th.num{text-align:right;white-space:nowrap}
 tbody tr:nth-child(even){background:#fafafc}
 td.best{background:#fff4c2}
@@ -64,6 +67,7 @@ footer{color:#888;font-size:12px;margin-top:40px}
 """
 
 # Click a header to sort its table by that column (numbers by data-sort, text otherwise); click again to flip.
+# Cells without a number (a missing score, "—") stay last in both directions.
 _SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(function(th){
  th.addEventListener('click',function(){
@@ -75,13 +79,24 @@ document.querySelectorAll('table.sortable th').forEach(function(th){
   rows.sort(function(a,b){
    var x=a.cells[i],y=b.cells[i],xs=x.getAttribute('data-sort'),ys=y.getAttribute('data-sort'),r;
    if(xs!==null&&ys!==null){r=parseFloat(xs)-parseFloat(ys);}
-   else if(xs!==null){r=-1;} else if(ys!==null){r=1;}
+   else if(xs!==null||ys!==null){return xs!==null?-1:1;}
    else{r=x.textContent.localeCompare(y.textContent,undefined,{numeric:true});}
    return asc?r:-r;});
   rows.forEach(function(r){body.appendChild(r)});
  });
 });
 """
+
+
+def _csp_source(text: str) -> str:
+    """The CSP hash source that allows exactly this inline <script> or <style> body."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode("ascii") + "'"
+
+
+# The page may run only its own script and style (by hash) and show only data: images: nothing is fetched, and
+# anything a manifest could smuggle past the escaping (a <script>, an on* handler, a remote <img>) is refused.
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; img-src data:; style-src {_csp_source(_CSS)}; "
+                           f"script-src {_csp_source(_SCRIPT)}; base-uri 'none'; form-action 'none'")
 
 
 @dataclass
@@ -135,6 +150,7 @@ def render_html(x: HtmlInputs) -> str:
     """The full page as a string."""
     b = x.board
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+             f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{html.escape(x.title)} — {html.escape(x.run_id)}</title>", f"<style>{_CSS}</style></head>",
              "<body><main>", f"<h1>{html.escape(x.title)}</h1>",
