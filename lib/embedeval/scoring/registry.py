@@ -125,11 +125,11 @@ def register_task(task: ScoreTask, *, replace: bool = False) -> ScoreTask:
     ``replace`` (re-importing a plugin registers the same object again, which is allowed)."""
     if not isinstance(task, ScoreTask):
         raise TaskRegistryError(f"register_task needs a ScoreTask, got {type(task).__name__}")
+    if task.name in BUILTIN_TASKS and not replace:
+        raise TaskRegistryError(f"{task.name!r} is a built-in score task; choose another name")
     known = _registered.get(task.name)
     if known is not None and known is not task and not replace:
         raise TaskRegistryError(f"two score tasks are named {task.name!r}")
-    if task.name in BUILTIN_TASKS and not replace:
-        raise TaskRegistryError(f"{task.name!r} is a built-in score task; choose another name")
     _registered[task.name] = task
     return task
 
