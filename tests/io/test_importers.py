@@ -134,6 +134,11 @@ def test_coco_karpathy_json_all_splits_and_a_test_fold(tmp_path: Path, capsys: p
                             "captions": ["A child holding a flowered umbrella ."], "split": "test",
                             "karpathy_split": "test"}]
     assert "1 images, 1 captions, 1 test" in stdout
+    code, _, err = _run(["import", "karpathy", str(tmp_path / "dataset_coco.json"), "--images", str(tmp_path / "coco"),
+                         "--split", "test", "--offset", "3", "--out", str(fold)], capsys)
+    assert code == 1
+    assert err.splitlines() == [f"embedeval: error: {tmp_path / 'dataset_coco.json'}: no image left to import "
+                                "(6 in the file, 3 in splits test, offset 3)"]
 
 
 def test_images_outside_the_manifest_folder_need_an_allowed_root(tmp_path: Path,

@@ -122,58 +122,65 @@ def import_karpathy(json_uri: str, images_root: str, out: str, *, splits: list[s
 
     target = _Target(out, allowed_roots, s3)
     root = target.media_root(images_root, "images")
-    ids: list[str] = []
-    paths: list[str] = []
-    captions: list[list[str]] = []
-    karpathy: list[str] = []
+    parsed: list[_KarpathyImage] = []
     first_of: dict[str, int] = {}
     for i, entry in enumerate(images):
-        where = f"{json_uri}: images[{i}]"
-        if not isinstance(entry, dict):
-            raise ImporterError(f"{where} is not a JSON object")
-        split = _key(entry, "split", str, where)
-        if split not in KARPATHY_SPLITS:
-            raise ImporterError(f"{where}: split {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
-        filename = _key(entry, "filename", str, where)
-        sentences = _key(entry, "sentences", list, where)
-        raws = []
-        for k, sentence in enumerate(sentences):
-            if not isinstance(sentence, dict):
-                raise ImporterError(f"{where}.sentences[{k}] is not a JSON object")
-            raws.append(_key(sentence, "raw", str, f"{where}.sentences[{k}]"))
-        if is_coco:
-            rel = posixpath.join(_key(entry, "filepath", str, where), filename)
-            cocoid = _key(entry, "cocoid", (int, str), where)
-            rid = str(cocoid)
-        else:
-            rel = filename
-            rid = posixpath.splitext(posixpath.basename(filename))[0]
-        if not rid:
-            raise ImporterError(f"{where}: empty id (filename {filename!r})")
-        if rid in first_of:
-            raise ImporterError(f"{where} and images[{first_of[rid]}] both give the id {rid!r}")
-        first_of[rid] = i
-        if splits and split not in splits:
-            continue
-        ids.append(rid)
-        paths.append(target.media_value(root, _inside(rel, f"{where}: path {rel!r}")))
-        captions.append(raws)
-        karpathy.append(split)
-    stop = None if limit is None else offset + limit
-    keep = slice(offset, stop)
+        image = _karpathy_image(entry, f"{json_uri}: images[{i}]", is_coco)
+        if image.id in first_of:
+            raise ImporterError(f"{json_uri}: images[{i}] and images[{first_of[image.id]}] both give the id "
+                                f"{image.id!r}")
+        first_of[image.id] = i
+        if not splits or image.split in splits:
+            parsed.append(image)
+    chosen = parsed[offset:None if limit is None else offset + limit]
+    if not chosen:
+        raise ImporterError(f"{json_uri}: no image left to import ({len(images)} in the file, {len(parsed)} in "
+                            f"splits {', '.join(splits or KARPATHY_SPLITS)}, offset {offset})")
     table = pa.table({
-        "id": pa.array(ids[keep], pa.string()),
-        "image": pa.array(paths[keep], pa.string()),
-        "captions": pa.array(captions[keep], pa.list_(pa.string())),
-        "split": pa.array([SPLIT_OF_KARPATHY[s] for s in karpathy[keep]], pa.string()),
-        "karpathy_split": pa.array(karpathy[keep], pa.string()),
+        "id": pa.array([im.id for im in chosen], pa.string()),
+        "image": pa.array([target.media_value(root, im.rel) for im in chosen], pa.string()),
+        "captions": pa.array([im.captions for im in chosen], pa.list_(pa.string())),
+        "split": pa.array([SPLIT_OF_KARPATHY[im.split] for im in chosen], pa.string()),
+        "karpathy_split": pa.array([im.split for im in chosen], pa.string()),
     })
-    counts = {"images": table.num_rows, "captions": sum(len(c) for c in captions[keep])}
-    for s in KARPATHY_SPLITS:
-        n = karpathy[keep].count(s)
+    counts = {"images": len(chosen), "captions": sum(len(im.captions) for im in chosen)}
+    for split in KARPATHY_SPLITS:
+        n = sum(im.split == split for im in chosen)
         if n:
-            counts[s] = n
+            counts[split] = n
     return target.write(table, "karpathy", json_uri, counts)
+
+
+@dataclass(frozen=True)
+class _KarpathyImage:
+    id: str
+    rel: str              # below the images root
+    captions: list[str]
+    split: str            # the Karpathy split
+
+
+def _karpathy_image(entry: Any, where: str, is_coco: bool) -> _KarpathyImage:
+    """One ``images[i]`` entry, checked: every key it needs, a known split, a path inside the images root."""
+    if not isinstance(entry, dict):
+        raise ImporterError(f"{where} is not a JSON object")
+    split = _key(entry, "split", str, where)
+    if split not in KARPATHY_SPLITS:
+        raise ImporterError(f"{where}: split {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
+    filename = _key(entry, "filename", str, where)
+    captions = []
+    for k, sentence in enumerate(_key(entry, "sentences", list, where)):
+        if not isinstance(sentence, dict):
+            raise ImporterError(f"{where}.sentences[{k}] is not a JSON object")
+        captions.append(_key(sentence, "raw", str, f"{where}.sentences[{k}]"))
+    if is_coco:
+        rel = posixpath.join(_key(entry, "filepath", str, where), filename)
+        rid = str(_key(entry, "cocoid", (int, str), where))
+    else:
+        rel = filename
+        rid = posixpath.splitext(posixpath.basename(filename))[0]
+    if not rid:
+        raise ImporterError(f"{where}: empty id (filename {filename!r})")
+    return _KarpathyImage(rid, _inside(rel, f"{where}: path {rel!r}"), captions, split)
 
 
 # --- class-folder layouts -------------------------------------------------------------------------

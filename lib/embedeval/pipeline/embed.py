@@ -5,6 +5,10 @@ otherwise whatever a killed run left there is deleted and the partition is rebui
 pipeline (prepare -> embed in an actor pool -> write), then checked (rows + quarantined = inputs, no
 duplicate (id, sub)) and only then committed. So a rerun with the same run id resumes, and readers never
 see half a partition.
+
+A modality's inputs are the manifest's media paths or captions; for a ``precomputed:`` model and a
+modality the manifest has no column for (a vectors-only manifest), the vectors file's own (id, sub) rows
+of manifest items (:func:`vector_only_inputs`).
 """
 
 from __future__ import annotations
