@@ -24,6 +24,7 @@ EXAMPLES = {
           embedeval score --config my.yaml --run-id nightly-2026-11-23
           embedeval report --config my.yaml --run-id nightly-2026-11-23 --previous nightly-2026-11-22
           embedeval runs list --root s3://bucket/embedeval
+          embedeval import karpathy dataset_coco.json --images coco --out coco/manifest.parquet
         """,
     "demo": """\
         examples:
@@ -46,6 +47,22 @@ EXAMPLES = {
     "run": """\
         examples:
           embedeval run --config my.yaml                   # embed, score, report; diff against the last run
+        """,
+    "import": """\
+        Writes a manifest (Parquet) from a layout you already have; then point a run config's
+        `manifest:` at it. Media paths are written relative to the manifest's folder when they lie
+        inside it, else absolute (pass --allowed-root and list the same root under allowed_roots).
+        s3:// paths use the AWS environment (EMBEDEVAL_S3_ENDPOINT_URL for other servers).
+
+        examples:
+          embedeval import karpathy data/flickr30k/dataset_flickr30k.json --images data/flickr30k/images \\
+              --out data/flickr30k/manifest.parquet
+          embedeval import karpathy coco/dataset_coco.json --images coco --split test --out coco/test5k.parquet
+          embedeval import karpathy coco/dataset_coco.json --images coco --split test --limit 1000 \\
+              --out coco/test1k.parquet                      # the first of the five 1k folds
+          embedeval import sketchy data/Sketchy --unseen data/sketchy_unseen.txt --out data/Sketchy/manifest.parquet
+          embedeval import tu-berlin data/TU-Berlin/png --unseen unseen.txt --out data/TU-Berlin/manifest.parquet
+          embedeval import imagefolder /mnt/photos --out ./catalogue/manifest.parquet --allowed-root /mnt/photos
         """,
     "runs": """\
         examples:
@@ -84,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("report", "run"):
             s.add_argument("--previous", default=None, help="run id to diff against (default: the latest earlier run)")
 
+    _add_import_parser(sub, fmt)
+
     r = sub.add_parser("runs", help="browse the runs under a root", formatter_class=fmt,
                        epilog=textwrap.dedent(EXAMPLES["runs"]))
     rsub = r.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
@@ -93,6 +112,38 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("run_id")
     rs.add_argument("--root", required=True)
     return p
+
+
+def _add_import_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    epilog = textwrap.dedent(EXAMPLES["import"])
+    i = sub.add_parser("import", help="write a manifest from Karpathy JSON, Sketchy, TU-Berlin or ImageFolder",
+                       formatter_class=fmt, epilog=epilog)
+    isub = i.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
+
+    def layout(name: str, helptext: str, source: str) -> argparse.ArgumentParser:
+        lp = isub.add_parser(name, help=helptext, formatter_class=fmt, epilog=epilog)
+        lp.add_argument("source", help=source)
+        lp.add_argument("--out", required=True, help="the manifest to write (.parquet, local or s3://)")
+        lp.add_argument("--allowed-root", action="append", default=[], metavar="ROOT",
+                        help="a root outside the manifest's folder that media may lie in (repeatable)")
+        return lp
+
+    k = layout("karpathy", "Flickr30K / COCO Karpathy-split JSON", "dataset_flickr30k.json or dataset_coco.json")
+    k.add_argument("--images", required=True,
+                   help="folder of the images (COCO: the folder holding train2014/, val2014/)")
+    k.add_argument("--split", nargs="+", default=None, choices=["train", "val", "test", "restval"],
+                   help="keep only these Karpathy splits (default: all; manifest split: test -> test, others -> train)")
+    k.add_argument("--offset", type=int, default=0, help="skip this many images (after --split)")
+    k.add_argument("--limit", type=int, default=None, help="keep at most this many images (after --offset)")
+    sk = layout("sketchy", "Sketchy / Sketchy-Extended photo/ and sketch/ folders",
+                "the folder holding photo/ and sketch/")
+    sk.add_argument("--unseen", default=None, help="text file, one unseen class per line -> class_split")
+    sk.add_argument("--variant", default="tx_000000000000",
+                    help="augmentation folder under photo/ and sketch/ (default tx_000000000000)")
+    tu = layout("tu-berlin", "TU-Berlin <root>/<class>/<n>.png sketches", "the folder of class folders (png/)")
+    tu.add_argument("--unseen", default=None, help="text file, one unseen class per line -> class_split")
+    im = layout("imagefolder", "<root>/<class>/<file> (class folders as labels)", "the folder of class folders")
+    im.add_argument("--column", choices=["image", "sketch"], default="image", help="media column (default image)")
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
@@ -142,6 +193,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from embedeval.io import importers
+
+    common = {"allowed_roots": args.allowed_root}
+    if args.layout == "karpathy":
+        result = importers.import_karpathy(args.source, args.images, args.out, splits=args.split,
+                                           limit=args.limit, offset=args.offset, **common)
+    elif args.layout == "sketchy":
+        result = importers.import_sketchy(args.source, args.out, unseen=args.unseen, variant=args.variant, **common)
+    elif args.layout == "tu-berlin":
+        result = importers.import_tu_berlin(args.source, args.out, unseen=args.unseen, **common)
+    else:
+        result = importers.import_imagefolder(args.source, args.out, column=args.column, **common)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from embedeval.io.storage import Storage
     from embedeval.report.runs import format_run_list, list_runs, show_run
@@ -157,7 +225,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "embed": cmd_embed, "score": cmd_score, "report": cmd_report, "run": cmd_run,
-    "runs": cmd_runs,
+    "runs": cmd_runs, "import": cmd_import,
 }
 
 

@@ -141,3 +141,20 @@ def test_missing_data_and_columns_are_model_errors(tmp_path: Path) -> None:
         load_model(f"precomputed:{tmp_path / 'mod.parquet'}")
     with pytest.raises(ModelError, match="dim=3 but dim_hint=4"):
         load_model(f"precomputed:{tmp_path / 'mod.parquet'}?dim=3", dim_hint=4)
+
+
+def test_keys_are_the_distinct_id_sub_of_one_modality_without_vectors(tmp_path: Path) -> None:
+    from embedeval.models.precomputed import read_precomputed_keys
+
+    table = pa.table({"id": ["b", "a", "b", None, "", "a", "c"], "sub": [0, 1, 0, 0, 0, None, 2],
+                      "modality": ["image", "text", "image", "image", "image", "text", None],
+                      "vector": [[1.0], [1.0], [float("nan")], [1.0], [1.0], [1.0], [1.0]]})
+    pq.write_table(table, tmp_path / "v.parquet")
+    keys = read_precomputed_keys(str(tmp_path / "v.parquet"), modality="image")
+    assert keys.to_pylist() == [{"id": "b", "sub": 0}]   # duplicates once, no null/empty ids
+    assert load_model(f"precomputed:{tmp_path / 'v.parquet'}").keys("text").to_pylist() == [
+        {"id": "a", "sub": 1}, {"id": "a", "sub": 0}]   # a missing sub is 0, as when vectors are read
+    pq.write_table(table.drop_columns(["modality"]), tmp_path / "plain.parquet")
+    assert read_precomputed_keys(str(tmp_path / "plain.parquet"), modality="text").num_rows == 0
+    assert read_precomputed_keys(str(tmp_path / "plain.parquet")).to_pylist() == [   # no modality: all image
+        {"id": "b", "sub": 0}, {"id": "a", "sub": 1}, {"id": "a", "sub": 0}, {"id": "c", "sub": 2}]

@@ -1,7 +1,8 @@
 """Read and validate a catalogue manifest (Parquet, CSV or JSONL; local or s3://).
 
-A malformed *file* (unreadable, no ``id`` column, no modality column) is a :class:`ManifestError` that
-names the file and the fix. A malformed *row* is quarantined with its reason and the rest goes on:
+A malformed *file* (unreadable, no ``id`` column, no media column where one is required) is a
+:class:`ManifestError` that names the file and the fix. A manifest for precomputed vectors only needs no
+media column (``require_media=False``): ``id`` and the metadata columns are enough. A malformed *row* is quarantined with its reason and the rest goes on:
 missing or empty id, duplicate id (the first occurrence is kept), a media path that escapes the allowed
 roots, an empty caption (only that caption), text that is not valid UTF-8, a non-numeric attribute (set to
 NaN and counted). Files that are missing or undecodable are found later, when the pipeline reads them.
@@ -52,14 +53,20 @@ class ManifestReadResult:
         return [c[len("attr_"):] for c in self.table.column_names if c.startswith("attr_")]
 
 
-def _manifest_dir(uri: str) -> str:
+def manifest_folder(uri: str) -> str:
+    """The folder a manifest's relative paths are resolved against (absolute; ``s3://`` kept)."""
     if is_s3_uri(uri):
         return uri.rsplit("/", 1)[0]
     return str(Path(uri).expanduser().resolve().parent)
 
 
-def read_raw_manifest(uri: str, s3: S3Options | None = None) -> tuple[pa.Table, QuarantineLog]:
-    """Read the file into an Arrow table without validating rows. Lines that do not parse are quarantined."""
+def read_raw_manifest(uri: str, s3: S3Options | None = None, *,
+                      require_media: bool = True) -> tuple[pa.Table, QuarantineLog]:
+    """Read the file into an Arrow table without validating rows. Lines that do not parse are quarantined.
+
+    ``require_media``: the file must have one of the columns image, sketch, captions (off for a manifest
+    whose vectors are all precomputed).
+    """
     fs, path = make_filesystem(uri, s3)
     log = QuarantineLog()
     try:
@@ -83,8 +90,9 @@ def read_raw_manifest(uri: str, s3: S3Options | None = None) -> tuple[pa.Table, 
         raise ManifestError(f"manifest {uri}: unknown format; use a .parquet, .csv or .jsonl file")
     if "id" not in table.column_names:
         raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(table.column_names)})")
-    if not ({"image", "sketch", "captions"} & set(table.column_names)):
-        raise ManifestError(f"manifest {uri} needs at least one of the columns image, sketch, captions")
+    if require_media and not ({"image", "sketch", "captions"} & set(table.column_names)):
+        raise ManifestError(f"manifest {uri} needs at least one of the columns image, sketch, captions "
+                            "(only a manifest whose models are all precomputed: can do without)")
     return table, log
 
 
@@ -194,24 +202,36 @@ def resolve_media_path(value: str, manifest_dir: str, allowed_roots: list[str]) 
     else:
         p = Path(value)
         resolved = str((p if p.is_absolute() else Path(manifest_dir) / p).resolve())
-    for root in allowed_roots:
-        root_norm = root.rstrip("/")
-        if resolved == root_norm or resolved.startswith(root_norm + "/"):
-            return resolved
+    if inside_roots(resolved, allowed_roots):
+        return resolved
     raise ValueError(f"path {value!r} resolves to {resolved}, outside the allowed roots {allowed_roots}")
 
 
+def inside_roots(resolved: str, roots: list[str]) -> bool:
+    """Whether an absolute path or normalised ``s3://`` URI is one of ``roots`` or lies under one."""
+    for root in roots:
+        root_norm = root.rstrip("/")
+        if resolved == root_norm or resolved.startswith(root_norm + "/"):
+            return True
+    return False
+
+
 def normalise_roots(manifest_dir: str, extra_roots: list[str] | None) -> list[str]:
+    """The roots a manifest's paths may point into: its own folder, then ``extra_roots`` made absolute."""
     roots = [manifest_dir]
     for r in extra_roots or []:
         roots.append(("s3://" + posixpath.normpath(r[len("s3://"):])) if is_s3_uri(r) else str(Path(r).expanduser().resolve()))
     return roots
 
 
-def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[str] | None = None) -> ManifestReadResult:
-    """Read, validate and normalise a manifest. See the module docstring for what is quarantined."""
-    raw, log = read_raw_manifest(uri, s3)
-    manifest_dir = _manifest_dir(uri)
+def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[str] | None = None,
+                  require_media: bool = True) -> ManifestReadResult:
+    """Read, validate and normalise a manifest. See the module docstring for what is quarantined.
+
+    ``require_media=False`` accepts a vectors-only manifest (no image, sketch or captions column).
+    """
+    raw, log = read_raw_manifest(uri, s3, require_media=require_media)
+    manifest_dir = manifest_folder(uri)
     roots = normalise_roots(manifest_dir, allowed_roots)
     n_raw = raw.num_rows
     rows_read = n_raw + len(log)

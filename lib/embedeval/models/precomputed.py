@@ -111,6 +111,10 @@ class PrecomputedModel:
         """This model's good and bad rows for ``modality``, checked against ``info.dim``."""
         return load_precomputed_rows(self.uri, self.s3, modality, dim=self.info.dim)
 
+    def keys(self, modality: str) -> pa.Table:
+        """The distinct (id, sub) this model has rows for in ``modality`` (see :func:`read_precomputed_keys`)."""
+        return read_precomputed_keys(self.uri, self.s3, modality)
+
     def preprocess_image(self, image: Image.Image) -> np.ndarray:
         raise self._refuse()
 
@@ -147,6 +151,40 @@ def read_precomputed_table(uri: str, s3: S3Options | None = None, modality: str 
     storage, files = _parquet_files(uri, s3)
     tables = [_read_file(storage, rel, uri, modality) for rel in files]
     return pa.concat_tables(tables) if tables else _empty_raw()
+
+
+def read_precomputed_keys(uri: str, s3: S3Options | None = None, modality: str = DEFAULT_MODALITY) -> pa.Table:
+    """The distinct (id, sub) of ``modality``'s rows, good or bad, without their vectors.
+
+    What a vectors-only manifest embeds: rows without an id are left out (they match no manifest item);
+    a missing ``sub`` is 0, as when the vectors are read. Memory: O(rows) ids, no vectors.
+    """
+    if modality not in ALL_MODALITIES:
+        raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(ALL_MODALITIES)}")
+    storage, files = _parquet_files(uri, s3)
+    parts = []
+    for rel in files:
+        names = _schema(storage, rel).names
+        try:
+            table = storage.read_parquet([rel], columns=[c for c in ("id", "sub", "modality") if c in names])
+        except (OSError, StorageError, pa.ArrowInvalid) as exc:
+            raise ModelError(f"precomputed vectors: cannot read {storage.uri(rel)}: {exc}") from exc
+        if "modality" in table.column_names:
+            table = table.filter(pc.fill_null(pc.equal(table.column("modality"), modality), False))
+        elif modality != DEFAULT_MODALITY:
+            continue
+        try:
+            sub = (pc.fill_null(table.column("sub"), 0).cast(pa.int16()) if "sub" in table.column_names
+                   else pa.array(np.zeros(table.num_rows, np.int16)))
+            parts.append(pa.table({"id": table.column("id").cast(pa.string()), "sub": sub}))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ModelError(f"precomputed vectors: {storage.uri(rel)} has unusable id/sub types "
+                             f"({table.schema}): {exc}") from exc
+    if not parts:
+        return pa.table({"id": pa.array([], pa.string()), "sub": pa.array([], pa.int16())})
+    keys = pa.concat_tables(parts)
+    keys = keys.filter(pc.fill_null(pc.not_equal(keys.column("id"), ""), False))
+    return keys.group_by(["id", "sub"], use_threads=False).aggregate([])
 
 
 def split_precomputed_rows(table: pa.Table, dim: int | None = None) -> PrecomputedRows:

@@ -5,6 +5,10 @@ otherwise whatever a killed run left there is deleted and the partition is rebui
 pipeline (prepare -> embed in an actor pool -> write), then checked (rows + quarantined = inputs, no
 duplicate (id, sub)) and only then committed. So a rerun with the same run id resumes, and readers never
 see half a partition.
+
+A modality's inputs are the manifest's media paths or captions; for a ``precomputed:`` model and a
+modality the manifest has no column for (a vectors-only manifest), the vectors file's own (id, sub) rows
+of manifest items (:func:`vector_only_inputs`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from embedeval.io.embeddings import (
     read_commit_marker,
     write_commit_marker,
 )
-from embedeval.io.manifest import ManifestReadResult, load_manifest, load_tag_categories
+from embedeval.io.manifest import ManifestError, ManifestReadResult, load_manifest, load_tag_categories
 from embedeval.io.storage import Storage, StorageError
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
@@ -116,6 +120,19 @@ def partition_inputs(manifest: ManifestReadResult, modality: str) -> pa.Table:
                     texts.append(cap)
     return pa.table({"id": pa.array(ids, pa.string()), "sub": pa.array(subs, pa.int16()),
                      "source": pa.array(texts, pa.string())})
+
+
+def vector_only_inputs(manifest: ManifestReadResult, keys: pa.Table) -> pa.Table:
+    """(id, sub, source=null) rows for a modality the manifest has no column for: the precomputed keys.
+
+    ``keys`` are a precomputed model's distinct (id, sub) of that modality; those whose id is a manifest
+    item are the inputs (their vectors are then imported or quarantined with the reason), the rest are
+    ignored. Manifest items without a key simply have no row in this modality, like a null ``image``.
+    """
+    known = pc.is_in(keys.column("id"), value_set=manifest.table.column("id").combine_chunks())
+    mine = keys.filter(known)
+    return pa.table({"id": mine.column("id").cast(pa.string()), "sub": mine.column("sub").cast(pa.int16()),
+                     "source": pa.nulls(mine.num_rows, pa.string())})
 
 
 def inputs_fingerprint(inputs: pa.Table, spec: str) -> str:
@@ -362,6 +379,16 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # no
     return ds
 
 
+def check_media_models(config: RunConfig) -> None:
+    """Raise a ManifestError naming the first model that embeds media: a vectors-only manifest has none."""
+    for entry in config.models:
+        if model_family(entry.spec) != "precomputed":
+            raise ManifestError(
+                f"manifest {config.manifest} has no image, sketch or captions column, but model {entry.slug()!r} "
+                f"({entry.spec}) embeds media; add a media column, or list only precomputed: models "
+                "for a vectors-only manifest")
+
+
 def embed_run(config: RunConfig, *, progress: Progress | None = None,
               echo: Callable[[str], None] = print) -> EmbedSummary:
     """Embed every model x modality of a config into ``<root>/runs/<run_id>/embeddings``. Resumable."""
@@ -371,7 +398,10 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     storage.ensure_bucket()
     storage.write_bytes(f"runs/{run_id}/config.yaml", redacted_yaml(config).encode())
 
-    manifest = load_manifest(config.manifest, config.s3, allowed_roots=config.allowed_roots)
+    # A manifest without media is fine when every model is precomputed; a model that embeds needs media.
+    manifest = load_manifest(config.manifest, config.s3, allowed_roots=config.allowed_roots, require_media=False)
+    if not manifest.modalities():
+        check_media_models(config)
     storage.write_parquet(f"runs/{run_id}/{MANIFEST_ERRORS}", manifest.quarantine.to_table())
     storage.write_parquet(f"runs/{run_id}/inputs/manifest.parquet", manifest.table)
     if config.tag_categories:
@@ -387,8 +417,15 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     available = manifest.modalities()
     for entry in config.models:
         supported = model_modalities(entry.spec)
-        wanted = [m for m in config.embed.modalities if m in supported and m in available]
-        inputs = {m: partition_inputs(manifest, m) for m in wanted}
+        inputs = {m: partition_inputs(manifest, m) for m in config.embed.modalities
+                  if m in supported and m in available}
+        if model_family(entry.spec) == "precomputed":
+            # Modalities the manifest has no column for: the file's own (id, sub) rows of manifest items.
+            model = loaded_model(entry.spec, config.s3)
+            for m in config.embed.modalities:
+                if m not in available and m in model.info.modalities:
+                    inputs[m] = vector_only_inputs(manifest, model.keys(m))
+            inputs = {m: inputs[m] for m in config.embed.modalities if m in inputs}
         summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
     storage.write_json(f"runs/{run_id}/embed_summary.json", {
         "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,
