@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
-from embedeval.errors import EmbedevalError, one_line
+from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
 
 EXAMPLES = {
     "main": """\
@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--root", default=None, help="overrides root in the config")
         if name in ("report", "run"):
             s.add_argument("--previous", default=None, help="run id to diff against (default: the latest earlier run)")
+            s.add_argument("--fail-on-regression", action="store_true",
+                           help=f"exit {EXIT_REGRESSION} when a score got worse beyond its intervals since the previous "
+                                "run, compared on the items both runs share (run: scores that common panel too)")
 
     _add_import_parser(sub, fmt)
 
@@ -174,15 +177,31 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from embedeval.workflow import report_from_config
 
-    report_from_config(_load(args))
-    return 0
+    paths = report_from_config(_load(args))
+    return _regression_status(paths, args.fail_on_regression)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_all
 
-    run_all(_load(args))
-    return 0
+    config = _load(args)
+    if args.fail_on_regression:
+        config = config.model_copy(update={"score": config.score.model_copy(update={"common_panel": True})})
+    paths = run_all(config)
+    return _regression_status(paths, args.fail_on_regression)
+
+
+def _regression_status(paths: object, fail_on_regression: bool) -> int:
+    """Print the like-for-like verdict; :data:`EXIT_REGRESSION` when asked to and a score regressed."""
+    regressions: list[str] = getattr(paths, "regressions", [])
+    why_not: str | None = getattr(paths, "not_like_for_like", None)
+    if why_not and fail_on_regression:
+        print(f"regressions: not checked: {why_not}")
+    elif not why_not:
+        print(f"regressions (like for like, since {getattr(paths, 'previous_run_id', None)}): {len(regressions)}")
+        for line in regressions:
+            print(f"  regression: {line}")
+    return EXIT_REGRESSION if fail_on_regression and regressions else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -59,7 +59,28 @@ def score_from_config(config: RunConfig, echo: Callable[[str], None] = print) ->
                       category_weights=config.category_weights, progress=echo)
     echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s -> "
          f"{storage.uri(f'runs/{run_id}/scores/scores.parquet')}")
+    if config.score.common_panel:
+        score_panel(storage, run_id, config, manifest, categories, echo)
     return table
+
+
+def score_panel(storage: Storage, run_id: str, config: RunConfig, manifest: pa.Table,
+                categories: dict[str, str] | None, echo: Callable[[str], None] = print) -> None:
+    """Re-score this run's and the previous run's vectors on the items both share (like for like)."""
+    from embedeval.report.runs import previous_run
+    from embedeval.scoring.panel import score_common_panel
+
+    previous = config.previous_run_id or previous_run(storage, run_id)[0]
+    if previous is None:
+        echo("common panel: no previous run to compare with")
+        return
+    previous_manifest, _ = read_run_inputs(storage, previous)
+    info = score_common_panel(storage, run_id, previous, manifest, previous_manifest, categories, config.score,
+                              category_weights=config.category_weights, progress=echo)
+    if info.identical:
+        echo(f"common panel vs {previous}: the same {info.shared} items, so the run's own scores compare like for like")
+    elif info.scored:
+        echo(f"common panel vs {previous}: both runs scored on the {info.shared} items they share")
 
 
 def image_loader_for(storage: Storage, run_id: str, config: RunConfig) -> Callable[[str], bytes | None]:
@@ -103,12 +124,13 @@ def report_from_config(config: RunConfig, echo: Callable[[str], None] = print): 
     return paths
 
 
-def run_all(config: RunConfig, echo: Callable[[str], None] = print) -> None:
+def run_all(config: RunConfig, echo: Callable[[str], None] = print):  # noqa: ANN201
+    """Embed, score and report; returns the report's paths (with its like-for-like regressions)."""
     from embedeval.pipeline.embed import embed_run
 
     embed_run(config, echo=echo)
     score_from_config(config, echo)
-    report_from_config(config, echo)
+    return report_from_config(config, echo)
 
 
 def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from embedeval.io.storage import Storage
-from embedeval.report.diff import RunDiff, diff_scores, diff_sections, diff_title
+from embedeval.report.diff import (RunDiff, diff_scores, diff_sections, diff_title, like_for_like_sections,
+                                   regression_lines)
 from embedeval.report.examples import ImageLoader, example_plots
 from embedeval.report.html import HtmlInputs, render_html
 from embedeval.report.leaderboard import build_leaderboard, leaderboard_markdown
 from embedeval.report.plots import Style, score_plots
 from embedeval.report.runs import previous_run, run_time
-from embedeval.report.scores import load_scores
+from embedeval.report.scores import load_scores, load_scores_at
 from embedeval.report.settings import ReportSettings
-from embedeval.report.tables import sections_markdown
+from embedeval.report.tables import Section, sections_markdown
 from embedeval.scoring.schema import ScoreRow
 
 
@@ -35,6 +36,10 @@ class ReportPaths:
     plots: list[str] = field(default_factory=list)
     previous_run_id: str | None = None
     notes: list[str] = field(default_factory=list)      # plots skipped and why, fallbacks taken
+    #: one line per score that got worse beyond its intervals on the items both runs share
+    regressions: list[str] = field(default_factory=list)
+    #: None when the comparison was like for like, else why it could not be (no previous run, no panel...)
+    not_like_for_like: str | None = None
 
 
 def report_dir(run_id: str) -> str:
@@ -77,6 +82,8 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     notes += example_notes
 
     sections = diff_sections(diff)
+    like, why_not, like_sections = like_for_like(storage, diff)
+    sections[1:1] = like_sections
     title = diff_title(diff)
     page = render_html(HtmlInputs(settings.title, run_id, run_date, generated, board, rows, plots, examples, notes,
                                   title, sections, settings.include_tidy_table))
@@ -91,4 +98,28 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     storage.write_bytes(f"{out}/diff.md", (f"# {title}\n\n" + sections_markdown(sections)).encode())
     storage.write_bytes(f"{out}/report.html", page.encode())
     return ReportPaths(storage.uri(f"{out}/leaderboard.md"), storage.uri(f"{out}/report.html"),
-                       storage.uri(f"{out}/diff.md"), plot_uris, diff.previous_run_id, board.notes + notes)
+                       storage.uri(f"{out}/diff.md"), plot_uris, diff.previous_run_id, board.notes + notes,
+                       regression_lines(like) if like is not None else [], why_not)
+
+
+def like_for_like(storage: Storage, diff: RunDiff) -> tuple[RunDiff | None, str | None, list[Section]]:
+    """The comparison on the items both runs share (:mod:`embedeval.scoring.panel`), why there is none,
+    and its diff.md sections. With the same ids in both runs the ordinary diff is like for like."""
+    from embedeval.scoring.panel import panel_scores_path, read_panel
+
+    if diff.previous_run_id is None:
+        return None, "there is no previous run", []
+    info = read_panel(storage, diff.run_id, diff.previous_run_id)
+    if info is None:
+        why = (f"no common panel was scored against {diff.previous_run_id} (set score.common_panel, or run with "
+               f"--fail-on-regression)")
+        return None, why, like_for_like_sections(None, 0, 0, 0, why)
+    if info.reason:
+        return None, info.reason, like_for_like_sections(None, 0, 0, 0, info.reason)
+    if info.identical:
+        like = diff
+    else:
+        current = load_scores_at(storage, panel_scores_path(diff.run_id, diff.previous_run_id, diff.run_id))
+        previous = load_scores_at(storage, panel_scores_path(diff.run_id, diff.previous_run_id, diff.previous_run_id))
+        like = diff_scores(current, previous, diff.run_id, diff.previous_run_id, diff.how_chosen)
+    return like, None, like_for_like_sections(like, info.shared, info.current_items, info.previous_items, None)

@@ -212,3 +212,44 @@ def diff_title(d: RunDiff) -> str:
     if d.previous_run_id is None:
         return f"Diff — run `{d.run_id}` (no previous run)"
     return f"Diff — run `{d.run_id}` vs `{d.previous_run_id}`"
+
+
+def is_regression(d: DiffRow) -> bool:
+    """A significant change in the worse direction of its metric (see the task's declared direction)."""
+    from embedeval.scoring.registry import metric_direction
+
+    delta = d.delta
+    if d.status != SIGNIFICANT or not delta:
+        return False
+    return metric_direction(d.new.task, d.new.metric) * delta < 0
+
+
+def regression_lines(d: RunDiff) -> list[str]:
+    """One line per regression, for the console summary and a scheduler's log."""
+    out = []
+    for x in d.compared:
+        if is_regression(x):
+            k = "" if x.new.k is None else f"@{x.new.k}"
+            out.append(f"{x.new.model}: {x.new.task} {x.new.target} {x.new.metric}{k} ({x.new.split}) "
+                       f"{x.old.value:.4g} -> {x.new.value:.4g}, outside both intervals")
+    return out
+
+
+def like_for_like_sections(d: RunDiff | None, shared: int, current_items: int, previous_items: int,
+                           why_not: str | None) -> list[Section]:
+    """The diff.md part that keeps "the catalogue changed" apart from "the model got worse"."""
+    head = (f"The two runs share {shared} items (this run {current_items}, previous {previous_items}). "
+            "Both runs' vectors were re-scored on exactly those items with this run's metadata and settings, so "
+            "a change here is a change of the vectors, not of the catalogue.")
+    if d is None:
+        return [Section("Like for like", [f"No like-for-like comparison: {why_not}."])]
+    bad = [x for x in d.compared if is_regression(x)]
+    sections = [Section(f"Like for like: regressions on the {shared} shared items ({len(bad)})",
+                        [head, RULE] + ([] if bad else ["None: no score got worse beyond its intervals."]),
+                        changes_table(bad, d.random) if bad else None)]
+    notable = [x for x in d.compared if x.status in (SIGNIFICANT, BORDERLINE) and not is_regression(x)]
+    if notable:
+        sections.append(Section(f"Like for like: other changes beyond the intervals ({len(notable)})",
+                                ["Improvements, and changes of metrics without a better direction."],
+                                changes_table(notable, d.random)))
+    return sections

@@ -45,6 +45,13 @@ def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
     return rows_from_table(storage.read_parquet([rel]))
 
 
+def load_scores_at(storage: Storage, rel: str) -> list[ScoreRow]:
+    """Rows of a scores table at a path (a common panel's); :class:`ReportError` when it is absent."""
+    if not storage.exists(rel):
+        raise ReportError(f"no scores table at {storage.uri(rel)}: the score stage did not finish it; rerun `embedeval score`")
+    return rows_from_table(storage.read_parquet([rel]))
+
+
 def rows_from_table(table: pa.Table) -> list[ScoreRow]:
     """Scores-table rows -> :class:`ScoreRow` (tolerant of missing optional columns).
 

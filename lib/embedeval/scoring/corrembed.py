@@ -239,4 +239,4 @@ SCORE_TASK = ScoreTask(
                 "knn_tag_similarity, pearson_all, spearman_all",
     headline=(dict(label="CorrEmbed", target="all", metric="corrembed"),
               dict(label="corr_knn@{k}", target="all", metric="corr_knn", k_setting="corr_knn_k")),
-    plots=("embedeval.report.plots:corrembed_plots",))
+    plots=("embedeval.report.plots:corrembed_plots",), no_direction=("corr_random",))

@@ -52,7 +52,7 @@ Progress = Callable[[str], None]
 
 def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories: dict[str, str] | None,
               settings: ScoreSettings, *, category_weights: dict[str, float] | None = None,
-              progress: Progress | None = None) -> pa.Table:
+              progress: Progress | None = None, out_dir: str | None = None) -> pa.Table:
     """Score every committed (model, modality) of ``run_id``; write and return the scores table.
 
     ``manifest`` is the accepted table of :func:`embedeval.io.manifest.load_manifest`; ``tag_categories``
@@ -65,7 +65,11 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     values. Resumable: every (model, task, target) unit commits its rows as it finishes
     (:class:`embedeval.scoring.parts.ScoreParts`); a rerun after a crash or kill recomputes only the
     units without a commit, and ``scores.parquet`` is assembled and written last.
+
+    ``out_dir`` (relative to the storage root) replaces ``runs/<run_id>/scores`` as the output folder: the
+    common-panel re-scoring (:mod:`embedeval.scoring.panel`) writes there, never into a run's own scores.
     """
+    out = out_dir or f"runs/{run_id}/scores"
     say = progress or (lambda msg: log.info(msg))
     catalogue = CatalogueView.from_table(manifest)
     partitions = list_committed(storage, run_id)
@@ -79,7 +83,7 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     for model, modality in partitions:
         models.setdefault(model, []).append(modality)
 
-    parts = ScoreParts(storage, run_id)
+    parts = ScoreParts(storage, run_id, out_dir=out)
     units_by_model = {model: plan_units(settings, modalities, catalogue, tag_vectors is not None)
                       for model, modalities in models.items()}
     total = sum(len(u) for u in units_by_model.values())
@@ -94,7 +98,8 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
             say(f"{model}: {len(units) - len(todo)} of {len(units)} score units kept from an earlier attempt")
         if not todo:
             continue
-        prepared = {m: prepare_partition(storage, run_id, model, m, catalogue, runner, block_rows=settings.block_rows)
+        prepared = {m: prepare_partition(storage, run_id, model, m, catalogue, runner, block_rows=settings.block_rows,
+                                         out_dir=out)
                     for m in sorted({m for u in todo for m in u.modalities})}
         weights_random = any(str(p.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true"
                              for p in prepared.values())
@@ -117,14 +122,19 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
 
     # scores.parquet goes last: it is the score stage's commit, so a kill never leaves it beside stale siblings.
-    storage.write_parquet(f"runs/{run_id}/{AMBIGUITY_PATH}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
-    storage.write_parquet(f"runs/{run_id}/{PROTOTYPES_PATH}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
-    storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", table, metadata=meta)
+    storage.write_parquet(f"{out}/{_name(AMBIGUITY_PATH)}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
+    storage.write_parquet(f"{out}/{_name(PROTOTYPES_PATH)}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
+    storage.write_parquet(f"{out}/{_name(SCORES_PATH)}", table, metadata=meta)
     if not settings.keep_blocks:
-        storage.delete_dir(f"runs/{run_id}/scores/blocks")
+        storage.delete_dir(f"{out}/blocks")
     say(f"scores: {table.num_rows} rows for {len(models)} models written to "
-        f"{storage.uri(f'runs/{run_id}/{SCORES_PATH}')}")
+        f"{storage.uri(f'{out}/{_name(SCORES_PATH)}')}")
     return table
+
+
+def _name(path: str) -> str:
+    """``scores/scores.parquet`` -> ``scores.parquet`` (the file name inside the output folder)."""
+    return path.rsplit("/", 1)[-1]
 
 
 def _weights_random_of_markers(storage: Storage, run_id: str, model: str, modalities: list[str]) -> bool:

@@ -106,4 +106,5 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
 
 SCORE_TASK = ScoreTask(
     name=TASK, plan=_plan, modalities=("image", "text"), columns=("captions",),
-    description="distance between the image and text centroids, and R@1 gained by removing each modality's mean")
+    description="distance between the image and text centroids, and R@1 gained by removing each modality's mean",
+    no_direction=("centroid_distance", "gap_gain@R@1"))

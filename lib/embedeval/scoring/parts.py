@@ -55,9 +55,10 @@ class ScoreParts:
     storage: Storage
     run_id: str
     pending: dict[tuple[str, str], UnitResult] = field(default_factory=dict)
+    out_dir: str | None = None       # the score stage's output folder; default runs/<run_id>/scores
 
     def unit_dir(self, model: str, key: str) -> str:
-        return f"runs/{self.run_id}/scores/parts/model={model}/unit={unit_slug(key)}"
+        return f"{self.out_dir or f'runs/{self.run_id}/scores'}/parts/model={model}/unit={unit_slug(key)}"
 
     def _marker(self, model: str, key: str) -> dict[str, Any] | None:
         rel = f"{self.unit_dir(model, key)}/{MARKER}"

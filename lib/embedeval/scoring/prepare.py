@@ -45,8 +45,10 @@ DEFAULT_BLOCK_ROWS = 32768
 DEFAULT_WAVE_BYTES = 256 * 1024 * 1024
 
 
-def blocks_dir(run_id: str, model: str, modality: str) -> str:
-    return f"runs/{run_id}/scores/blocks/model={model}/modality={modality}"
+def blocks_dir(run_id: str, model: str, modality: str, out_dir: str | None = None) -> str:
+    """Where a partition's prepared blocks go: under the score stage's output folder (``out_dir``, default
+    ``runs/<run_id>/scores``)."""
+    return f"{out_dir or f'runs/{run_id}/scores'}/blocks/model={model}/modality={modality}"
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,13 @@ class PreparedPartition:
 
 def prepare_partition(storage: Storage, run_id: str, model: str, modality: str, catalogue: CatalogueView,
                       runner: TileRunner, *, block_rows: int = DEFAULT_BLOCK_ROWS,
-                      wave_bytes: int = DEFAULT_WAVE_BYTES) -> PreparedPartition:
+                      wave_bytes: int = DEFAULT_WAVE_BYTES, out_dir: str | None = None) -> PreparedPartition:
     """Checked unit-vector blocks of one committed partition, reusing committed blocks when unchanged."""
     record = read_commit_marker(storage, run_id, model, modality)
     where = storage.uri(partition_dir(run_id, model, modality))
     if record is None:
         raise ScoringError(f"no committed embeddings at {where}: run `embedeval embed` for run {run_id!r} first")
-    prefix = blocks_dir(run_id, model, modality)
+    prefix = blocks_dir(run_id, model, modality, out_dir)
     fingerprint = _fingerprint(record, catalogue, block_rows)
     reused = _read_blocks_marker(storage, prefix, fingerprint)
     if reused is not None:

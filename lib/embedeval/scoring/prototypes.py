@@ -261,4 +261,4 @@ SCORE_TASK = ScoreTask(
     name=TASK, plan=_plan, modalities=("image", "text", "sketch"), columns=("label",),
     description="k-means prototypes vs labels (NMI, ARI, purity) and the ambiguity rate; ambiguity.parquet, "
                 "prototypes.parquet",
-    headline=(dict(label="NMI ({target})", metric="nmi"),))
+    headline=(dict(label="NMI ({target})", metric="nmi"),), no_direction=("ambiguity_rate",))

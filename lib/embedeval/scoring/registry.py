@@ -90,6 +90,8 @@ class ScoreTask:
       fields (``k_setting`` names a report setting that gives k, e.g. ``corr_knn_k``).
     - ``plots``: ``"module:function"`` names, each ``fn(rows, style, report_settings) -> (plots, notes)``,
       called by the report with this run's rows (imported only when a report is built).
+    - ``lower_is_better`` / ``no_direction``: metrics where a fall is an improvement, or where neither
+      way is better (controls, gaps); every other metric is better higher. The regression signal uses it.
     """
 
     name: str
@@ -101,6 +103,14 @@ class ScoreTask:
     uses_tags: bool = False
     headline: tuple[dict[str, Any], ...] = ()
     plots: tuple[str, ...] = field(default_factory=tuple)
+    lower_is_better: tuple[str, ...] = ()
+    no_direction: tuple[str, ...] = ()
+
+    def direction(self, metric: str) -> int:
+        """+1 when higher is better, -1 when lower is, 0 when neither (never a regression)."""
+        if metric in self.no_direction or metric == "failed":
+            return 0
+        return -1 if metric in self.lower_is_better else 1
 
 
 _registered: dict[str, ScoreTask] = {}
@@ -173,3 +183,12 @@ def get_task(name: str) -> ScoreTask:
 
 def all_tasks() -> list[ScoreTask]:
     return [get_task(n) for n in task_names()]
+
+
+def metric_direction(task: str, metric: str) -> int:
+    """:meth:`ScoreTask.direction` of a task by name; 0 for a task this process does not know (a plugin
+    that is not loaded), so an unknown score is never called a regression."""
+    try:
+        return get_task(task).direction(metric)
+    except TaskRegistryError:
+        return 0

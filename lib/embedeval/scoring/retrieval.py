@@ -288,4 +288,4 @@ SCORE_TASK = ScoreTask(
               dict(label="rsum", metric="rsum"),
               dict(label="sketch mAP@all ({split})", target="sketch->image", metric="mAP@all",
                    split=["unseen", "test", "all", "seen"])),
-    plots=("embedeval.report.plots:retrieval_plots",))
+    plots=("embedeval.report.plots:retrieval_plots",), lower_is_better=("median_rank", "mean_rank"))

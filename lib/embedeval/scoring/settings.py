@@ -20,7 +20,7 @@ ALL_TASKS: tuple[str, ...] = tuple(registry.BUILTIN_TASKS)
 
 # Settings that change how the work is run, never a number: excluded from the inputs fingerprint, so
 # changing them keeps committed score units (and proves the results do not depend on them).
-EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks", "device", "allow_tf32"}
+EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks", "device", "allow_tf32", "common_panel"}
 
 
 class ScoreSettings(BaseModel):
@@ -49,6 +49,9 @@ class ScoreSettings(BaseModel):
                                                 "TF32's error bound, so results stay identical)")
     keep_blocks: bool = Field(False, description="keep the prepared unit-vector blocks under scores/blocks after "
                                                  "the stage (they are a copy of the embeddings' size)")
+    common_panel: bool = Field(False, description="also score this run's and the previous run's vectors on the items "
+                                                  "both share, so the diff and --fail-on-regression compare like "
+                                                  "for like (see embedeval.scoring.panel)")
     bootstrap_resamples: int = Field(200, ge=0, description="bootstrap resamples per score; 0 = no interval")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="bootstrap interval coverage")
     bootstrap_max_units: int = Field(

@@ -1,0 +1,115 @@
+"""Like-for-like scores of two runs: both re-scored on the items they share (the *common panel*).
+
+A catalogue that grows changes scores without any model getting worse: R@K falls and median rank rises
+when the gallery grows, CorrEmbed's anchors change, k-means gets another label. To tell "the catalogue
+changed" from "the model got worse", the score stage scores the current run's embeddings *and* the
+previous run's embeddings on the same panel: the ids present in both manifests, with the current
+manifest's metadata (tags, labels, attributes, splits) for both, and the current score settings. The two
+tables differ only by the vectors, so a significant drop between them is a regression of the model (or
+of its inputs), not of the catalogue. Exact, like every score: the panel is a smaller catalogue, scored by
+the same tiles.
+
+Layout, under the *current* run (an earlier run's folder is never written)::
+
+    runs/<run>/scores/panel/vs=<previous>/run=<run>/scores.parquet        current vectors on the panel
+    runs/<run>/scores/panel/vs=<previous>/run=<previous>/scores.parquet   previous vectors on the panel
+    runs/<run>/scores/panel/vs=<previous>/_PANEL.json                     written last: counts, the commit
+
+When both manifests hold the same ids the ordinary scores already are like for like: only the marker is
+written (``identical: true``) and nothing is re-scored. Cost: two score stages over the shared items
+(O(shared^2 d) for the all-pairs parts, like the run itself); enabled by ``score.common_panel`` or
+``embedeval run --fail-on-regression``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedeval.io.embeddings import list_committed
+from embedeval.io.storage import Storage
+from embedeval.scoring.settings import ScoreSettings
+
+MARKER = "_PANEL.json"
+MIN_SHARED_ITEMS = 3
+
+
+@dataclass(frozen=True)
+class PanelInfo:
+    """What ``_PANEL.json`` records."""
+
+    run_id: str
+    previous_run_id: str
+    shared: int                  # items in both manifests
+    current_items: int
+    previous_items: int
+    identical: bool              # same ids: the run's own scores are the like-for-like comparison
+    reason: str | None = None    # why no panel could be scored (then there are no panel tables)
+
+    @property
+    def scored(self) -> bool:
+        return not self.identical and self.reason is None
+
+
+def panel_dir(run_id: str, previous_run_id: str) -> str:
+    return f"runs/{run_id}/scores/panel/vs={previous_run_id}"
+
+
+def panel_scores_path(run_id: str, previous_run_id: str, which: str) -> str:
+    """``which`` is ``run_id`` (current vectors) or ``previous_run_id`` (the previous run's vectors)."""
+    return f"{panel_dir(run_id, previous_run_id)}/run={which}/scores.parquet"
+
+
+def read_panel(storage: Storage, run_id: str, previous_run_id: str) -> PanelInfo | None:
+    """The committed panel of ``run_id`` against ``previous_run_id``, or None when none was made."""
+    rel = f"{panel_dir(run_id, previous_run_id)}/{MARKER}"
+    if not storage.exists(rel):
+        return None
+    data = storage.read_json(rel)
+    return PanelInfo(**{k: data.get(k) for k in PanelInfo.__dataclass_fields__})
+
+
+def score_common_panel(storage: Storage, run_id: str, previous_run_id: str, manifest: pa.Table,
+                       previous_manifest: pa.Table, tag_categories: dict[str, str] | None, settings: ScoreSettings,
+                       *, category_weights: dict[str, float] | None = None,
+                       progress: Callable[[str], None] | None = None) -> PanelInfo:
+    """Score both runs' embeddings on the ids both manifests hold; commit ``_PANEL.json`` last.
+
+    Driver memory: O(N) ids for the intersection, then whatever :func:`score_run` needs for the panel.
+    """
+    from embedeval.scoring.job import score_run
+
+    say = progress or (lambda msg: None)
+    ids, prev_ids = manifest.column("id").combine_chunks(), previous_manifest.column("id").combine_chunks()
+    in_previous = pc.is_in(ids, value_set=prev_ids)
+    shared = int(pc.sum(in_previous).as_py() or 0)
+    info = dict(run_id=run_id, previous_run_id=previous_run_id, shared=shared, current_items=len(ids),
+                previous_items=len(prev_ids))
+    identical = shared == len(ids) == len(prev_ids)
+    reason = None
+    if not identical:
+        if shared < MIN_SHARED_ITEMS:
+            reason = f"the runs share {shared} items"
+        elif not list_committed(storage, previous_run_id):
+            reason = f"run {previous_run_id!r} has no committed embeddings any more (pruned?)"
+    if not identical and reason is None:
+        panel = manifest.filter(in_previous)
+        for which in (run_id, previous_run_id):
+            say(f"common panel: scoring run {which}'s vectors on the {shared} items both runs share")
+            score_run(storage, which, panel, tag_categories, settings, category_weights=category_weights,
+                      progress=say, out_dir=panel_scores_path(run_id, previous_run_id, which).rsplit("/", 1)[0])
+    elif reason:
+        say(f"common panel vs {previous_run_id}: not scored: {reason}")
+    record = PanelInfo(**info, identical=identical, reason=reason)
+    storage.write_json(f"{panel_dir(run_id, previous_run_id)}/{MARKER}",
+                       {**record.__dict__, "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    return record
+
+
+def shared_fraction(info: PanelInfo) -> float:
+    return float(np.divide(info.shared, max(info.current_items, 1)))
