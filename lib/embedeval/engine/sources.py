@@ -213,3 +213,48 @@ class Centred(BlockSource):
 def as_source(X: "np.ndarray | BlockSource", block_rows: int = 32768) -> BlockSource:
     """A block source for ``X``: itself if it already is one, else ``ArrayBlocks``."""
     return X if isinstance(X, BlockSource) else ArrayBlocks(X, block_rows)
+
+
+class IndexedRows(BlockSource):
+    """Row i is ``table[index[i]]``: a small (m, d) table read through an (n,) index, in ``offsets`` blocks.
+
+    For queries that are one of a few vectors each (a sketch's zero-shot class prompt): no (n, d) matrix
+    is ever built; a block costs O(block x d). Picklable: ``table`` and ``index`` travel with the source.
+    """
+
+    def __init__(self, table: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> None:
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.index = np.asarray(index, dtype=np.int64)
+        self.n, self.dim = int(self.index.size), int(self.table.shape[1])
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if self.offsets[-1] != self.n:
+            raise ValueError(f"offsets end at {int(self.offsets[-1])}, index has {self.n} rows")
+
+    def load(self, b: int) -> np.ndarray:
+        lo, hi = self.block_range(b)
+        return self.table[self.index[lo:hi]]
+
+
+class SoftmaxMix(BlockSource):
+    """Row i is the unit vector of ``sum_c softmax(<x_i, p_c> / temperature)_c p_c`` over the rows p_c of
+    ``table`` (a softmax-weighted mix of class prompt vectors); ``base`` gives the x_i.
+
+    Computed in float64 per block, O(block x (m + d)); zero mixes stay zero.
+    """
+
+    def __init__(self, base: BlockSource, table: np.ndarray, temperature: float) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.base = base
+        self.table = np.asarray(table, dtype=np.float64)
+        self.temperature = float(temperature)
+        self.n, self.dim, self.offsets = base.n, base.dim, base.offsets
+
+    def load(self, b: int) -> np.ndarray:
+        logits = self.base.load(b).astype(np.float64) @ self.table.T / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        weights /= weights.sum(axis=1, keepdims=True)
+        mix = weights @ self.table
+        norms = np.linalg.norm(mix, axis=1, keepdims=True)
+        return (mix / np.where(norms > 0, norms, 1.0)).astype(np.float32)

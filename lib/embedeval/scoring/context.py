@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from embedeval.engine.runner import TileRunner
 from embedeval.engine.sources import BlockSource
 from embedeval.errors import EmbedevalError
+from embedeval.io.prompts import PromptVectors
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.settings import ScoreSettings
 
@@ -167,6 +168,7 @@ class TaskContext:
     catalogue: CatalogueView
     runner: TileRunner | None = None                     # None: the engine picks (Ray when initialised)
     shared: dict[Any, Any] = field(default_factory=dict)  # results two tasks of one model share (computed once)
+    prompts: PromptVectors | None = None                  # the model's prompt vectors (modality=prompt), if any
 
     def place(self, source: BlockSource) -> BlockSource:
         """The source placed once for this task's many engine calls (in-memory blocks -> object store)."""

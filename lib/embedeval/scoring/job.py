@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedeval.io.embeddings import list_committed, read_commit_marker
+from embedeval.io.prompts import PROMPT_MODALITY, read_prompt_vectors
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
 from embedeval.scoring import registry
@@ -98,14 +99,17 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
             say(f"{model}: {len(units) - len(todo)} of {len(units)} score units kept from an earlier attempt")
         if not todo:
             continue
+        wanted = {m for u in todo for m in u.modalities}
+        # prompt vectors are keyed by label, not by manifest id: read whole (labels x templates rows), not prepared
         prepared = {m: prepare_partition(storage, run_id, model, m, catalogue, runner, block_rows=settings.block_rows,
                                          out_dir=out)
-                    for m in sorted({m for u in todo for m in u.modalities})}
+                    for m in sorted(wanted - {PROMPT_MODALITY})}
         weights_random = any(str(p.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true"
                              for p in prepared.values())
         if len(prepared) < len(modalities):
             weights_random |= _weights_random_of_markers(storage, run_id, model, modalities)
-        ctx = TaskContext(run_id, model, weights_random, settings, catalogue, runner)
+        prompts = read_prompt_vectors(storage, run_id, model) if PROMPT_MODALITY in wanted else None
+        ctx = TaskContext(run_id, model, weights_random, settings, catalogue, runner, prompts=prompts)
         embeddings = {m: p.embeddings for m, p in prepared.items()}
         for unit in todo:
             result = _run_unit(ctx, unit, embeddings, tag_vectors, say)

@@ -31,6 +31,7 @@ from embedeval.engine.kmeans import kmeans
 from embedeval.engine.knn import topk_search
 from embedeval.engine.sources import BlockSource
 from embedeval.engine.tiles import map_blocks_of, query_rows
+from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.metrics import clustering
 from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, half_sample_interval
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
@@ -248,7 +249,7 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
     """One unit per modality (``prototype_modalities``, default all) when the manifest has labels."""
     if inputs.catalogue.labels is None:
         return []
-    wanted = inputs.settings.prototype_modalities or sorted(inputs.modalities)
+    wanted = inputs.settings.prototype_modalities or sorted(inputs.modalities - {PROMPT_MODALITY})
     return [ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: _unit_result(score_prototypes(ctx, e[m])))
             for m in wanted if m in inputs.modalities]
 

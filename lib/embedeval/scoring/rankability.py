@@ -10,6 +10,17 @@ that projection and the attribute on *test* items (``split`` column). Three fits
   how many labels a user needs to find the axis.
 - ``extremes``: v = x_max - x_min of the two train items with the largest and smallest attribute (first
   in id order on ties): the zero-effort axis.
+- ``prompt-axis``: v = text(high prompt) - text(low prompt), e.g. "a photo of a large {}" minus "a photo
+  of a small {}" (``score.options.rankability.prompt_axes``): the model's prompt vectors ``attr:<name>:high``
+  and ``attr:<name>:low`` (:mod:`embedeval.io.prompts`); no training item is used (zero-shot).
+
+Every fit gets three metrics on the test items (mean over a few-shot fit's draws):
+
+- ``spearman``;
+- ``kendall_tau_b``: Kendall's tau-b (ties in either variable corrected, as ``scipy.stats.kendalltau``);
+- ``pairwise_accuracy``: among test pairs with distinct attribute values, the share the projection orders
+  the same way (projection ties count 1/2): ``1/2 + (C - D) / (2 (n0 - n_y))`` with C - D from tau-b, so
+  O(n log n) like tau.
 
 Items with NaN attribute are excluded and counted. An attribute with a single value (or a split with a
 single value) has no defined Spearman: it gets a row with value null and a note, never a number.
@@ -22,11 +33,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import rankdata
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from scipy.stats import kendalltau, rankdata
 
 from embedeval.engine.runner import TileRunner
 from embedeval.engine.sources import ArrayBlocks, BlockSource
 from embedeval.engine.tiles import gather_rows, map_blocks_of, reduce_blocks
+from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.scoring.bootstrap import Interval, percentile_interval, resample_indices, derive_seed
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
@@ -37,6 +50,26 @@ if TYPE_CHECKING:
     from embedeval.scoring.settings import ScoreSettings
 
 TASK = "rankability"
+METRICS = ("spearman", "kendall_tau_b", "pairwise_accuracy")
+
+
+class RankabilityOptions(BaseModel):
+    """``score.options.rankability``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_axes: dict[str, list[str]] = Field(
+        default_factory=dict, description="attribute -> [low prompt, high prompt], e.g. size: ['a photo of a "
+                                          "small {}', 'a photo of a large {}'] ({} = axis_subject)")
+    axis_subject: str = Field("object", description="what fills {} in the axis prompts")
+
+    @field_validator("prompt_axes")
+    @classmethod
+    def _pairs(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, pair in v.items():
+            if len(pair) != 2 or any(p.count("{}") > 1 for p in pair):
+                raise ValueError(f"prompt_axes.{name} must be [low prompt, high prompt] with at most one '{{}}'")
+        return v
 _MAX_REDRAWS = 100
 _BATCH_CELLS = 500_000  # resampled projection values ranked at once (4 MB of float64 per array)
 
@@ -105,6 +138,37 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _pearson_rows(rankdata(np.atleast_2d(a), axis=1), rankdata(np.atleast_2d(b), axis=1))
 
 
+def kendall_rows(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``a`` (r, n): Kendall's tau-b with y and the pairwise ordering accuracy (module docstring).
+
+    NaN where undefined (y constant; tau-b also when the row is constant, where the accuracy is 1/2).
+    O(r x n log n)."""
+    a = np.atleast_2d(a)
+    y = np.asarray(y, dtype=np.float64)
+    n0 = y.size * (y.size - 1) / 2.0
+    n_y = _tied_pairs(y)
+    tau = np.full(a.shape[0], np.nan)
+    acc = np.full(a.shape[0], np.nan)
+    if n0 - n_y <= 0:
+        return tau, acc
+    for i, row in enumerate(a):
+        n_x = _tied_pairs(row)
+        if n0 - n_x <= 0:
+            acc[i] = 0.5
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            tau[i] = kendalltau(row, y, variant="b").statistic
+        concordance = tau[i] * np.sqrt((n0 - n_x) * (n0 - n_y))       # C - D
+        acc[i] = 0.5 + concordance / (2.0 * (n0 - n_y))
+    return tau, acc
+
+
+def _tied_pairs(v: np.ndarray) -> float:
+    _, counts = np.unique(v, return_counts=True)
+    return float((counts * (counts - 1) / 2.0).sum())
+
+
 def _pearson_rows(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
     """Row-wise Pearson of rank arrays (``rb`` may broadcast against ``ra``); NaN where a row is constant."""
     ra = ra - ra.mean(axis=-1, keepdims=True)
@@ -168,8 +232,39 @@ def _m_out_of_n_interval(projections: np.ndarray, y: np.ndarray, resamples: int,
     return Interval(value + spread.low, value + spread.high)
 
 
+def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, seed: int, confidence: float,
+                      max_units: int | None = None) -> tuple[Interval, Interval]:
+    """Bootstrap over test items of the mean (over fits) tau-b and pairwise accuracy, on the same resamples.
+
+    As :func:`mean_spearman_interval`: with more than ``max_units`` items an m-out-of-n bootstrap (the
+    spread around the full-sample value shrunk by sqrt(m / n)). Cost O(resamples x fits x m log m)."""
+    none = (Interval(None, None), Interval(None, None))
+    if resamples <= 0 or y.size < 3:
+        return none
+    n = y.size
+    m = max_units if max_units is not None and n > max_units >= 3 else n
+    rng = np.random.default_rng(seed)
+    stats = np.full((resamples, 2), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                       # all-NaN resamples -> NaN, dropped
+        for r in range(resamples):
+            idx = rng.integers(0, n, size=m)
+            tau, acc = kendall_rows(projections[:, idx], y[idx])
+            stats[r] = np.nanmean(tau), np.nanmean(acc)
+        if m == n:
+            return percentile_interval(stats[:, 0], confidence), percentile_interval(stats[:, 1], confidence)
+        full = np.nanmean(np.vstack(kendall_rows(projections, y)), axis=1)
+    out = []
+    for j in range(2):
+        spread = percentile_interval(np.sqrt(m / n) * (stats[:, j] - full[j]), confidence)
+        ok = spread.low is not None and spread.high is not None and np.isfinite(full[j])
+        out.append(Interval(full[j] + spread.low, full[j] + spread.high) if ok else Interval(None, None))
+    return out[0], out[1]
+
+
 def score_rankability(ctx: TaskContext, emb: ModalityEmbeddings) -> list[ScoreRow]:
-    """Spearman rows for every attribute x fit of one modality (one vector per item)."""
+    """spearman, kendall_tau_b and pairwise_accuracy rows for every attribute x fit of one modality
+    (one vector per item)."""
     emb = emb.first_per_item()
     rows: list[ScoreRow] = []
     for name in sorted(ctx.catalogue.attrs):
@@ -183,14 +278,22 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
     finite = np.isfinite(values)
     base_note = join_notes(emb.note(), f"{int((~finite).sum())} items with NaN {name} excluded"
                            if (~finite).any() else None)
-    fit_names = ["regression", "extremes"] + [f"fewshot:{n}" for n in s.fewshot_ns]
+    opts: RankabilityOptions = s.options_for(TASK)
+    prompt_axis = ctx.prompts.axis(name) if ctx.prompts is not None else None
+    wants_prompt = prompt_axis is not None or name in opts.prompt_axes
+    fit_names = ["regression", "extremes"] + [f"fewshot:{n}" for n in s.fewshot_ns] + \
+        (["prompt-axis"] if wants_prompt else [])
+
+    def skipped(fit: str, reason: str, n: int, k: int | None = None, seconds: float = 0.0) -> list[ScoreRow]:
+        return [ctx.row(TASK, name, metric, None, n, seconds, split="test", protocol=fit, k=k,
+                        params=_fit_params(fit, s), note=join_notes(f"skipped: {reason}", base_note))
+                for metric in METRICS]
 
     def skip_all(reason: str, n: int) -> list[ScoreRow]:
         out = []
         for v in fit_names:
             kind, _, k = v.partition(":")
-            out.append(ctx.row(TASK, name, "spearman", None, n, 0.0, split="test", protocol=kind,
-                               k=int(k) if k else None, note=join_notes(f"skipped: {reason}", base_note)))
+            out.extend(skipped(kind, reason, n, int(k) if k else None))
         return out
 
     if ctx.catalogue.split is None:
@@ -231,15 +334,21 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
 
     def _emit_row(fit: str, proj: np.ndarray, seconds: float, k: int | None, note: str | None) -> None:
         r = _pearson_rows(rankdata(proj, axis=1), y_ranks[None, :])
-        value = float(np.nanmean(r)) if np.isfinite(r).any() else None
+        tau, acc = kendall_rows(proj, y_test)
         ci = mean_spearman_interval(proj, y_test, s.bootstrap_resamples,
                                     derive_seed(s.seed, TASK, name, fit, k), s.confidence,
                                     max_units=s.bootstrap_max_units)
+        ci_tau, ci_acc = kendall_intervals(proj, y_test, s.bootstrap_resamples,
+                                           derive_seed(s.seed, TASK, name, fit, k, "kendall"), s.confidence,
+                                           max_units=s.bootstrap_max_units)
         if y_test.size > s.bootstrap_max_units:
             note = join_notes(note, f"interval: m-out-of-n bootstrap, m={s.bootstrap_max_units}")
-        out.append(ctx.row(TASK, name, "spearman", value, y_test.size, seconds, split="test", protocol=fit,
-                           params=_fit_params(fit, s), k=k, ci_low=ci.low, ci_high=ci.high,
-                           note=join_notes(counts, note, base_note)))
+        for metric, values, interval in (("spearman", r, ci), ("kendall_tau_b", tau, ci_tau),
+                                         ("pairwise_accuracy", acc, ci_acc)):
+            value = float(np.nanmean(values)) if np.isfinite(values).any() else None
+            out.append(ctx.row(TASK, name, metric, value, y_test.size, seconds, split="test", protocol=fit,
+                               params=_fit_params(fit, s), k=k, ci_low=interval.low, ci_high=interval.high,
+                               note=join_notes(counts, note, base_note)))
 
     with stopwatch() as t:
         axis = fit_ridge_axis(x_train, y_train, s.ridge_alpha, s.block_size, ctx.runner)
@@ -252,20 +361,25 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
 
     for n in s.fewshot_ns:
         if n > y_train.size:
-            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, 0.0, split="test", protocol="fewshot", k=n,
-                               params=_fit_params("fewshot", s),
-                               note=join_notes(f"skipped: only {y_train.size} train items for n={n}", base_note)))
+            out.extend(skipped("fewshot", f"only {y_train.size} train items for n={n}", y_test.size, n))
             continue
         with stopwatch() as t:
             axes, redraws = _fewshot_axes(x_train, y_train, n, s.fewshot_repeats, s.ridge_alpha,
                                           derive_seed(s.seed, TASK, name, "fewshot-draws", n), ctx.runner)
         if axes is None:
-            out.append(ctx.row(TASK, name, "spearman", None, y_test.size, t[0], split="test", protocol="fewshot", k=n,
-                               params=_fit_params("fewshot", s),
-                               note=join_notes(f"skipped: no draw of {n} train items has 2 distinct values", base_note)))
+            out.extend(skipped("fewshot", f"no draw of {n} train items has 2 distinct values", y_test.size, n, t[0]))
             continue
         emit("fewshot", axes, t[0], k=n,
              note=f"mean over {s.fewshot_repeats} seeded draws" + (f", {redraws} constant draws redrawn" if redraws else ""))
+    if wants_prompt:
+        if prompt_axis is None:
+            out.extend(skipped("prompt-axis", f"the model has no prompt vectors attr:{name}:low / attr:{name}:high",
+                               y_test.size))
+        elif prompt_axis.size != emb.dim:
+            out.extend(skipped("prompt-axis", f"prompt vectors have dim {prompt_axis.size}, {emb.modality} vectors "
+                                              f"dim {emb.dim}", y_test.size))
+        else:
+            emit("prompt-axis", prompt_axis, 0.0, note="zero-shot: text(high) - text(low), no training item")
     finish()
     return _in_fit_order(out, fit_names)
 
@@ -307,15 +421,19 @@ def _in_fit_order(rows: list[ScoreRow], fit_names: list[str]) -> list[ScoreRow]:
 
 
 def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
-    """One unit per modality in ``rank_modalities`` when the manifest has ``attr_*`` columns."""
+    """One unit per modality in ``rank_modalities`` when the manifest has ``attr_*`` columns (reading the
+    model's prompt vectors too when it has them, for ``prompt-axis``)."""
     if not inputs.catalogue.attrs:
         return []
-    return [ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: UnitResult(score_rankability(ctx, e[m])))
+    extra = (PROMPT_MODALITY,) if PROMPT_MODALITY in inputs.modalities else ()
+    return [ScoreUnit(TASK, m, (m, *extra), lambda ctx, e, tv, m=m: UnitResult(score_rankability(ctx, e[m])))
             for m in inputs.settings.rank_modalities if m in inputs.modalities]
 
 
 SCORE_TASK = ScoreTask(
-    name=TASK, plan=_plan, modalities=("image", "text", "sketch"), columns=("attr_*", "split"),
-    description="Spearman of a linear axis (ridge, few-shot, two extremes) with each attribute on test items",
+    name=TASK, plan=_plan, modalities=("image", "text", "sketch", PROMPT_MODALITY), columns=("attr_*", "split"),
+    options=RankabilityOptions,
+    description="Spearman, Kendall tau-b and pairwise accuracy of a linear axis (ridge, few-shot, two extremes, "
+                "prompt pair) with each attribute on test items",
     headline=(dict(label="rank ρ: {target}", metric="spearman", protocol="regression", split=["test", "all"]),),
     plots=("embedeval.report.plots:rankability_plots",))

@@ -18,6 +18,7 @@ sketch whose label no gallery item has, an item without a label) are skipped and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,20 +181,33 @@ def _rsum_row(ctx: TaskContext, hits_by_direction: dict[str, list[np.ndarray]], 
                    ci_high=ci.high if ci else None, params={"ks": list(s.recall_ks)}, note=note)
 
 
-def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings) -> list[ScoreRow]:
-    """mAP@all, mAP@K and P@K of a->b retrieval where relevance is the same label, per class split."""
+#: Turns the (placed) query and gallery sources into the ones ranked: a text bridge, centring...
+SourceTransform = Callable[[BlockSource, BlockSource], "tuple[BlockSource, BlockSource]"]
+
+
+def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings, *,
+                          task: str = TASK, variant: str | None = None,
+                          transform: SourceTransform | None = None, note: str | None = None) -> list[ScoreRow]:
+    """mAP@all, mAP@K and P@K of a->b retrieval where relevance is the same label, per class split.
+
+    ``transform`` (e.g. the zero-shot task's text bridges) maps the whole query and gallery sources to
+    the vectors actually ranked; its rows carry ``task`` and the protocol ``<variant>`` (``<variant>:zs-sbir``
+    under the ZS-SBIR AP convention), and ``note``. Queries, relevance and bootstrap draws are those of
+    the plain direction, so variants are compared on the same queries.
+    """
     check_same_dim(queries, gallery, ctx.model)
     queries, gallery = queries.first_per_item(), gallery.first_per_item()
     cat = ctx.catalogue
     direction = f"{queries.modality}->{gallery.modality}"
     if cat.labels is None:
-        return [ctx.row(TASK, direction, "mAP@all", None, 0, 0.0, note="skipped: the manifest has no 'label' column")]
+        return [ctx.row(task, direction, "mAP@all", None, 0, 0.0, protocol=_protocol(ctx, variant),
+                        note="skipped: the manifest has no 'label' column")]
     q_codes, g_codes = cat.labels.codes[queries.rows], cat.labels.codes[gallery.rows]
     q_known, g_known = q_codes >= 0, g_codes >= 0
     base = join_notes(
         f"{int((~q_known).sum())} unlabelled queries skipped" if (~q_known).any() else None,
         f"{int((~g_known).sum())} unlabelled gallery items dropped" if (~g_known).any() else None,
-        queries.note(), gallery.note() if gallery is not queries else None)
+        queries.note(), gallery.note() if gallery is not queries else None, note)
     splits: list[tuple[str, np.ndarray, np.ndarray]] = [("all", q_known, g_known)]
     if cat.class_split is not None:
         qs, gs = cat.class_split.take(queries.rows), cat.class_split.take(gallery.rows)
@@ -202,15 +216,24 @@ def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery
                 splits.append((value, q_known & qs.mask(value), g_known & gs.mask(value)))
     rows: list[ScoreRow] = []
     for split, qmask, gmask in splits:
-        rows.extend(_label_split(ctx, direction, split, queries, gallery, qmask, gmask, q_codes, g_codes, base))
+        rows.extend(_label_split(ctx, direction, split, queries, gallery, qmask, gmask, q_codes, g_codes, base,
+                                 task, variant, transform))
     return rows
+
+
+def _protocol(ctx: TaskContext, variant: str | None) -> str:
+    convention = ctx.settings.ap_convention   # the AP / P@K definition: "standard" or the ZS-SBIR code's
+    if variant is None:
+        return convention
+    return variant if convention == "standard" else f"{variant}:{convention}"
 
 
 def _label_split(ctx: TaskContext, direction: str, split: str, queries: ModalityEmbeddings,
                  gallery: ModalityEmbeddings, qmask: np.ndarray, gmask: np.ndarray, q_codes: np.ndarray,
-                 g_codes: np.ndarray, base: str | None) -> list[ScoreRow]:
+                 g_codes: np.ndarray, base: str | None, task: str = TASK, variant: str | None = None,
+                 transform: SourceTransform | None = None) -> list[ScoreRow]:
     s = ctx.settings
-    protocol = s.ap_convention   # the AP / P@K definition: "standard" or the ZS-SBIR code's
+    protocol = _protocol(ctx, variant)
     same_space = queries.modality == gallery.modality
     qi, gi = np.flatnonzero(qmask), np.flatnonzero(gmask)
     exclude = None
@@ -226,7 +249,7 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
                       f"gallery={gi.size}", base)
     metrics = (["mAP@all"] + [f"mAP@{k}" for k in s.map_cutoffs] + [f"P@{k}" for k in s.precision_ks])
     if not ok.any():
-        return [ctx.row(TASK, direction, m, None, 0, 0.0, split=split, protocol=protocol,
+        return [ctx.row(task, direction, m, None, 0, 0.0, split=split, protocol=protocol,
                         note=join_notes("skipped: no query has a relevant item", note)) for m in metrics]
     pick = np.flatnonzero(ok)
     params = None
@@ -239,8 +262,11 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
         params = {"queries": int(s.label_max_queries), "seed": s.seed}
         pick = pick[sample]
     n_rel = n_rel[pick]
-    q_src = query_rows(ctx.place(queries.source), qi[pick], ctx.runner)
-    g_src = ctx.place(gallery.source).select(gi)
+    q_all, g_all = ctx.place(queries.source), ctx.place(gallery.source)
+    if transform is not None:
+        q_all, g_all = transform(q_all, g_all)
+    q_src = query_rows(q_all, qi[pick], ctx.runner)
+    g_src = g_all.select(gi)
     with stopwatch() as t:
         lists = rank_positives(q_src, g_src, Relevance(q_codes=q_codes[qi][pick], g_codes=g_codes[gi],
                                                        exclude=None if exclude is None else exclude[pick]),
@@ -260,7 +286,7 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
         values = np.asarray(values, dtype=np.float64)
         ci = bootstrap_mean(values, s.bootstrap_resamples, derive_seed(s.seed, TASK, direction, split, metric),
                             s.confidence)
-        rows.append(ctx.row(TASK, direction, metric, float(values.mean()), values.size, seconds, k=k, split=split,
+        rows.append(ctx.row(task, direction, metric, float(values.mean()), values.size, seconds, k=k, split=split,
                             protocol=protocol, params=params, ci_low=ci.low, ci_high=ci.high, note=note))
     return rows
 
