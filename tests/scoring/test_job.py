@@ -87,7 +87,7 @@ def test_score_run_end_to_end(tmp_path: Path, rng: np.random.Generator, ray_loca
     df = pl.read_parquet(tmp_path / "runs" / RUN / "scores" / "scores.parquet")
     assert df.height == table.num_rows > 0
     assert df.filter(pl.col("metric") == "failed").height == 0, df.filter(pl.col("metric") == "failed")["note"].to_list()
-    assert set(df["task"].unique()) == {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap"}
+    assert set(df["task"].unique()) == {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap", "zeroshot"}
     assert set(df.filter(pl.col("model") == "rand")["weights_random"].unique()) == {True}
     assert set(df.filter(pl.col("model") == "good")["weights_random"].unique()) == {False}
     assert (df["seconds"] >= 0).all() and (df["run_id"] == RUN).all()

@@ -81,6 +81,6 @@ def test_unknown_tasks_options_and_broken_plugins_are_config_errors(toy_plugin: 
         ScoreSettings(plugins=[toy_plugin], tasks=["toy_spread"], options={"toy_spread": {"scale": -1}})
     s = ScoreSettings(plugins=[toy_plugin], tasks=["toy_spread"])
     assert s.options_for("toy_spread").scale == 1.0
-    assert registry.task_names()[:5] == list(registry.BUILTIN_TASKS)
+    assert registry.task_names()[:len(registry.BUILTIN_TASKS)] == list(registry.BUILTIN_TASKS)
     with pytest.raises(registry.TaskRegistryError, match="built-in"):
         registry.register_task(registry.ScoreTask("corrembed", lambda i: [], "dup"))
