@@ -12,6 +12,7 @@ from PIL import Image
 
 from embedeval.io.storage import Storage
 from embedeval.report import ReportError, ReportPaths, ReportSettings, build_report
+from embedeval.scoring.schema import ScoreRow
 
 SETTINGS = ReportSettings(model_columns={"imagenet_top1": {"resnet50": 80.9, "vit_b_16": 81.1, "clip_vitb32": 68.3}},
                           dpi=80)
@@ -138,3 +139,21 @@ def test_report_on_s3(s3_options, tmp_path) -> None:  # noqa: ANN001
     # a rebuild on S3 clears the old plots too
     paths2 = build_report(storage, "r2", settings=ReportSettings(dpi=60))
     assert len(storage.list_files("runs/r2/report/plots")) == len(paths2.plots)
+
+
+def test_zeroshot_rows_get_their_plots_and_leaderboard_column(tmp_path) -> None:  # noqa: ANN001
+    storage = Storage(str(tmp_path / "root"))
+    rows = current_rows("r", models=["resnet50", "vit_b_16"])
+    for i, model in enumerate(["resnet50", "vit_b_16"]):
+        for metric, k in (("acc@1", 1), ("acc@5", 5), ("mean_per_class_recall", None)):
+            rows.append(ScoreRow("r", model, "zeroshot", "image", metric, 0.3 + 0.1 * i, 100, 0.1, False, k=k,
+                                 ci_low=0.25 + 0.1 * i, ci_high=0.35 + 0.1 * i, protocol="prompt-ensemble"))
+        for protocol in ("text-bridge-hard", "text-bridge-soft", "mean-removed"):
+            rows.append(ScoreRow("r", model, "zeroshot", "sketch->image", "mAP@all", 0.2 + 0.1 * i, 50, 0.1, False,
+                                 split="unseen", ci_low=0.15, ci_high=0.35, protocol=protocol))
+    write_scores(storage, "r", rows, None)
+    paths = build_report(storage, "r", settings=ReportSettings(dpi=50))
+    names = {p.rsplit("/", 1)[-1] for p in paths.plots}
+    assert {"zeroshot.png", "zeroshot_bridge.png"} <= names
+    board = storage.read_bytes("runs/r/report/leaderboard.md").decode()
+    assert "zero-shot acc@1 (image)" in board and "bridged sketch mAP@all (unseen)" in board

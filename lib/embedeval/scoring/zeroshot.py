@@ -317,4 +317,5 @@ SCORE_TASK = ScoreTask(
                 "text-bridged sketch->image retrieval (hard / soft prompt bridge, mean-removed)",
     headline=(dict(label="zero-shot acc@1 ({target})", metric="acc@1", protocol=PROTOCOL, split=["all"]),
               dict(label="bridged sketch mAP@all ({split})", target="sketch->image", metric="mAP@all",
-                   protocol="text-bridge-soft", split=["unseen", "all", "seen"])))
+                   protocol="text-bridge-soft", split=["unseen", "all", "seen"])),
+    plots=("embedeval.report.plots:zeroshot_plots",))
