@@ -25,7 +25,7 @@ driver holds O(N) integers and O(A x 6) sums. Seeds and counts are in ``params``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -45,24 +45,22 @@ PAPER_DECIMALS = 4
 CONTROLS = ("control_random_vectors", "control_shuffled_embeddings", "control_binary_tags",
             "control_random_tags", "control_shuffled_tags")
 
-# Float64 values one tile task holds per temporary (x, y, products): chunk x gallery block.
+# Float64 values one tile task holds per temporary (x, y, products): chunk x gallery block. The anchor
+# chunk comes from this and the gallery block alone, not from score.block_size: a float64 GEMM's bits can
+# depend on its shape, and the score must be the same bits whatever block_size a run uses.
 _TILE_VALUES = 8 * 1024 * 1024
+_MAX_CHUNK = 1024
 
 
 class CorrembedOptions(BaseModel):
     """``score.options.corrembed``: which CorrEmbed protocols to compute, and paper-code's details."""
 
-    protocols: list[str] = Field(default_factory=lambda: ["per-anchor", PAPER_CODE],
-                                 description="per-anchor (self excluded, every item) and/or paper-code "
-                                             "(the released notebooks: groups, own group included)")
+    protocols: list[Literal["per-anchor", "paper-code"]] = Field(
+        default_factory=lambda: ["per-anchor", PAPER_CODE], min_length=1,
+        description="per-anchor (self excluded, every item) and/or paper-code (the released notebooks: "
+                    "groups, own group included)")
     paper_float16: bool = Field(False, description="paper-code: embeddings as float16, s_emb rounded to 4 decimals")
     controls: bool = Field(True, description="paper-code: the five control rows for target 'all'")
-
-    def model_post_init(self, __context: Any) -> None:
-        bad = [p for p in self.protocols if p not in ("per-anchor", PAPER_CODE)]
-        if bad or not self.protocols:
-            raise ValueError(f"score.options.corrembed.protocols: unknown {bad or 'empty list'}; "
-                             f"use per-anchor and/or {PAPER_CODE}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def group_layout(manifest_rows: np.ndarray, group_of: np.ndarray, anchors: np.nd
 
 
 def paper_code_r(E: BlockSource, layout: GroupLayout, gallery_tags: Any, anchor_tags: Any, *,
-                 float16: bool, chunk_rows: int, runner: Any, anchor_rows: np.ndarray | None = None,
+                 float16: bool, runner: Any, anchor_rows: np.ndarray | None = None,
                  gallery_rows: np.ndarray | None = None) -> np.ndarray:
     """(A,) per-anchor r of one paper-code row. ``anchor_rows`` / ``gallery_rows`` replace the embedding
     rows read for the anchors and representatives (the shuffled control); tag sides align with
@@ -99,7 +97,7 @@ def paper_code_r(E: BlockSource, layout: GroupLayout, gallery_tags: Any, anchor_
     order = np.argsort(g_rows, kind="stable")
     gallery = E.select(g_rows[order])
     g_tags = gallery_tags[order]
-    chunk = max(1, min(chunk_rows, _TILE_VALUES // max(1, int(np.diff(gallery.offsets).max(initial=1)))))
+    chunk = max(1, min(_MAX_CHUNK, _TILE_VALUES // max(1, int(np.diff(gallery.offsets).max(initial=1)))))
     sums = group_anchor_sums(query_rows(E, a_rows, runner), anchor_tags, gallery, g_tags,
                              float16=float16, decimals=PAPER_DECIMALS if float16 else None, chunk_rows=chunk,
                              runner=runner)
@@ -123,7 +121,7 @@ def score_paper_code(ctx: TaskContext, emb: ModalityEmbeddings, tag_vectors: lis
     n_groups = int(layout.reps.size)
     params = ({"anchors": "all"} if anchors.size == n else {"anchors": int(anchors.size), "seed": s.seed})
     params = {**params, "groups": n_groups, "float16": options.paper_float16}
-    run = dict(float16=options.paper_float16, chunk_rows=s.block_size, runner=ctx.runner)
+    run = dict(float16=options.paper_float16, runner=ctx.runner)
     rows: list[ScoreRow] = []
 
     def add(target: str, metric: str, r: np.ndarray, seconds: float, extra: str | None = None,
