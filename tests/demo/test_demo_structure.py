@@ -39,8 +39,9 @@ def test_colour_and_size_structure_shows(tmp_path: Path) -> None:
         assert rows.height == 1, (model, where, rows)
         return rows.row(0, named=True)
 
-    colour_seeing = value("builtin-pixelstats", task="corrembed", target="colour", metric="corrembed")
-    random_weights = value("random", task="corrembed", target="colour", metric="corrembed")
+    colour_seeing = value("builtin-pixelstats", task="corrembed", target="colour", metric="corrembed",
+                          protocol="per-anchor")
+    random_weights = value("random", task="corrembed", target="colour", metric="corrembed", protocol="per-anchor")
     assert random_weights["weights_random"] and not colour_seeing["weights_random"]
     # beyond the bootstrap intervals, not just in the point estimates
     assert colour_seeing["ci_low"] > random_weights["ci_high"]

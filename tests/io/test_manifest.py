@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -121,3 +122,37 @@ def test_tag_categories(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("tag,category\nred,colour\nred,pattern\n")
     with pytest.raises(ManifestError, match="both"):
         load_tag_categories(str(tmp_path / "bad.csv"))
+
+
+def test_group_column_tags_belong_to_the_group(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    table = pa.table({
+        "id": ["a1", "a2", "b1", "b2", "b3", "c1", "d1", "e1"],
+        "image": [f"img/{i}.png" for i in ("a1", "a2", "b1", "b2", "b3", "c1", "d1", "e1")],
+        "group": ["A", "A", "B", "B", "B", "C", "", None],
+        # A: tags on one row only; B: two rows disagree; C: a one-picture group; d1/e1: no group (own group)
+        "tags": [[], ["red", "dress"], ["blue"], ["blue"], ["green"], ["red"], ["x"], []],
+    })
+    pq.write_table(table, tmp_path / "m.parquet")
+    result = load_manifest(str(tmp_path / "m.parquet"))
+    out = result.table
+    assert out.column("id").to_pylist() == ["a1", "a2", "c1", "d1", "e1"]
+    assert out.column("group").to_pylist() == ["A", "A", "C", None, None]
+    assert out.column("tags").to_pylist() == [["red", "dress"], ["red", "dress"], ["red"], ["x"], []]
+    reasons = _reasons(result)
+    for rid in ("b1", "b2", "b3"):
+        assert "group 'B': rows give different tags" in reasons[(rid, 0)]
+        assert "['blue']" in reasons[(rid, 0)] and "['green']" in reasons[(rid, 0)]
+    assert result.table.num_rows + len(result.quarantine) == result.rows_read
+    # the images of kept rows stay aligned with their ids after the quarantine
+    assert [p.rsplit("/", 1)[1] for p in out.column("image").to_pylist()] == ["a1.png", "a2.png", "c1.png",
+                                                                             "d1.png", "e1.png"]
+
+
+def test_group_codes_in_the_catalogue_view() -> None:
+    from embedeval.scoring.context import CatalogueView
+
+    view = CatalogueView.from_table(pa.table({"id": ["p", "q", "r", "s"], "group": ["B", None, "A", "B"]}))
+    codes = view.group_of
+    assert codes.dtype == np.int64 and codes[0] == codes[3] and len(set(codes.tolist())) == 3
+    assert np.array_equal(CatalogueView.from_table(pa.table({"id": ["p", "q"]})).group_of, [0, 1])

@@ -106,7 +106,10 @@ def test_score_run_end_to_end(tmp_path: Path, rng: np.random.Generator, ray_loca
         assert sel.height == 1, (model, task, target, metric, sel)
         return sel["value"][0]
 
-    assert value("good", "corrembed", "colour", "corrembed") > value("rand", "corrembed", "colour", "corrembed") + 0.15
+    assert value("good", "corrembed", "colour", "corrembed", protocol="per-anchor") > \
+        value("rand", "corrembed", "colour", "corrembed", protocol="per-anchor") + 0.15
+    assert value("good", "corrembed", "all", "corrembed", protocol="paper-code") > \
+        value("good", "corrembed", "all", "control_shuffled_embeddings", protocol="paper-code") + 0.15
     assert value("good", "retrieval", "image->text", "R@1", k=1) == 1.0
     assert value("good", "rankability", "size", "spearman", split="test", protocol="regression") > 0.5
     assert value("good", "prototypes", "image", "purity") > 0.8

@@ -6,6 +6,11 @@ media column (``require_media=False``): ``id`` and the metadata columns are enou
 missing or empty id, duplicate id (the first occurrence is kept), a media path that escapes the allowed
 roots, an empty caption (only that caption), text that is not valid UTF-8, a non-numeric attribute (set to
 NaN and counted). Files that are missing or undecodable are found later, when the pipeline reads them.
+
+Groups (outfits). An optional ``group`` column puts pictures in groups; a null or empty group is a group of
+its own row. Tags then belong to the group: they may be given on any row of it (rows with no tags inherit
+the group's), and every row that gives tags must give the same set, else every row of that group is
+quarantined with the reason. Accepted rows carry their group's tags in ``tags``.
 """
 
 from __future__ import annotations
@@ -241,6 +246,7 @@ def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[
     columns = {n: raw.column(n).to_pylist() for n in raw.column_names}
     ids = columns["id"]
     keep: list[int] = []
+    seen_order: list[int] = []   # the raw index behind each accepted row's media values
     seen: dict[str, int] = {}
     media = {m: [] for m in MEDIA_COLUMNS if m in columns}
     for i in range(n_raw):
@@ -269,17 +275,26 @@ def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[
             continue
         seen[rid] = row_numbers[i]
         keep.append(i)
+        seen_order.append(i)
         for m in media:
             media[m].append(resolved[m])
+
+    group_tags: dict[int, list[str]] = {}
+    if "group" in columns:
+        keep, group_tags = _group_tags(keep, ids, columns["group"], columns.get("tags"), row_numbers, log)
+        kept = set(keep)
+        media = {m: [v for i, v in zip(seen_order, values) if i in kept] for m, values in media.items()}
 
     out: dict[str, pa.Array] = {"id": pa.array([str(ids[i]).strip() for i in keep], pa.string())}
     for m, values in media.items():
         out[m] = pa.array(values, pa.string())
+    if "group" in columns:
+        out["group"] = pa.array([_group_value(columns["group"][i]) for i in keep], pa.string())
     if "captions" in columns:
         out["captions"] = pa.array([_clean_captions(columns["captions"][i], str(ids[i]).strip(), row_numbers[i], log)
                                     for i in keep], pa.list_(pa.string()))
     if "tags" in columns:
-        out["tags"] = pa.array([[str(t).strip() for t in (columns["tags"][i] or []) if str(t).strip()]
+        out["tags"] = pa.array([group_tags[i] if i in group_tags else _clean_tags(columns["tags"][i])
                                 for i in keep], pa.list_(pa.string()))
     for name in ("label", "split", "class_split"):
         if name in columns:
@@ -295,6 +310,48 @@ def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[
             pass
     table = pa.table(out)
     return ManifestReadResult(uri=uri, table=table, quarantine=log, rows_read=rows_read, allowed_roots=roots)
+
+
+def _clean_tags(value: list[str] | None) -> list[str]:
+    return [str(t).strip() for t in (value or []) if str(t).strip()]
+
+
+def _group_value(value: object) -> str | None:
+    text = None if value is None else str(value).strip()
+    return text or None
+
+
+def _group_tags(keep: list[int], ids: list, groups: list, tags: list | None, row_numbers: list[int],
+                log: QuarantineLog) -> tuple[list[int], dict[int, list[str]]]:
+    """Rows of groups whose tag-giving rows agree, and each grouped row's group tags (raw index -> tags).
+
+    A group whose rows give different tag sets is quarantined whole (every row, with the two sets that
+    differ). Rows without a group are their own group and are returned unchanged.
+    """
+    members: dict[str, list[int]] = {}
+    for i in keep:
+        g = _group_value(groups[i])
+        if g is not None:
+            members.setdefault(g, []).append(i)
+    dropped: set[int] = set()
+    out: dict[int, list[str]] = {}
+    for g, rows in members.items():
+        given = [(i, _clean_tags(tags[i])) for i in rows] if tags is not None else []
+        given = [(i, t) for i, t in given if t]
+        sets = {frozenset(t) for _, t in given}
+        if len(sets) > 1:
+            (i0, t0), (i1, t1) = given[0], next((i, t) for i, t in given if frozenset(t) != frozenset(given[0][1]))
+            reason = (f"group {g!r}: rows give different tags (row {row_numbers[i0]}: {sorted(set(t0))}, row "
+                      f"{row_numbers[i1]}: {sorted(set(t1))}); give the group's tags on one row or the same on all")
+            for i in rows:
+                log.add(str(ids[i]).strip(), "manifest", reason, row=row_numbers[i])
+            dropped.update(rows)
+            continue
+        if given:
+            first = list(dict.fromkeys(given[0][1]))
+            for i in rows:
+                out[i] = first
+    return [i for i in keep if i not in dropped], out
 
 
 def _clean_captions(value: list[str] | None, rid: str, row: int, log: QuarantineLog) -> list[str]:

@@ -194,7 +194,8 @@ def plot_corr_knn_vs_k(rows: list[ScoreRow], style: Style, settings: ReportSetti
     if not knn:
         return None
     full = {r.model: r for r in _one_split([r for r in rows if r.task == "corrembed" and r.target == target
-                                            and r.metric == "corrembed"], ("all", "test"))}
+                                            and r.metric == "corrembed" and r.protocol != "paper-code"],
+                                           ("all", "test"))}
     models = style.order(r.model for r in knn)
     ks = sorted({int(r.k) for r in knn})  # type: ignore[arg-type]
     fig = _figure(9.5, 5.2)
@@ -286,7 +287,8 @@ def plot_corrembed_vs_columns(rows: list[ScoreRow], style: Style, settings: Repo
     notes: list[str] = []
     target = _corrembed_target(rows, settings.corrembed_target)
     ce = {r.model: r for r in _one_split([r for r in rows if r.task == "corrembed" and r.target == target
-                                          and r.metric == "corrembed"], ("all", "test")) if not is_missing(r.value)}
+                                          and r.metric == "corrembed" and r.protocol != "paper-code"],
+                                         ("all", "test")) if not is_missing(r.value)}
     for column, per_model in settings.model_columns.items():
         models = [m for m in style.order(per_model) if m in ce]
         if len(models) < 2:

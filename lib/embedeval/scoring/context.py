@@ -60,6 +60,16 @@ class Categorical:
         return [self.values[c] if c >= 0 else None for c in self.codes[np.asarray(rows, dtype=np.int64)]]
 
 
+def group_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """int64 codes of a ``group`` column, 0..G-1: named groups first (sorted names), then one code per row
+    whose group is null or empty (a group of its own). O(N), no Python object per row."""
+    cat = Categorical.from_arrow(column)
+    codes = cat.codes.copy()
+    alone = codes < 0
+    codes[alone] = len(cat.values) + np.arange(int(alone.sum()), dtype=np.int64)
+    return codes
+
+
 @dataclass
 class CatalogueView:
     """The manifest columns the analyses read, as Arrow and numpy columns aligned with the manifest's rows.
@@ -75,6 +85,7 @@ class CatalogueView:
     attrs: dict[str, np.ndarray]                      # name (without attr_) -> float64, NaN = unknown
     split: Categorical | None                         # train/test
     class_split: Categorical | None                   # seen/unseen
+    groups: np.ndarray | None = None                  # int64 group code per row (see ``group_codes``)
 
     @classmethod
     def from_table(cls, manifest: pa.Table) -> "CatalogueView":
@@ -96,7 +107,13 @@ class CatalogueView:
                 col = manifest.column(name).cast(pa.float64())
                 attrs[name[len("attr_"):]] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
         tags = manifest.column("tags").combine_chunks() if "tags" in manifest.column_names else None
-        return cls(ids, tags, categorical("label"), attrs, categorical("split"), categorical("class_split"))
+        groups = group_codes(manifest.column("group")) if "group" in manifest.column_names else None
+        return cls(ids, tags, categorical("label"), attrs, categorical("split"), categorical("class_split"), groups)
+
+    @property
+    def group_of(self) -> np.ndarray:
+        """int64 group code of every row: the ``group`` column's codes, or each row its own group without it."""
+        return self.groups if self.groups is not None else np.arange(len(self.ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -23,6 +23,10 @@ Rows per target (a tag category or ``all``), all from cosine similarities of L2-
 
 Items without a tag vector in a target are excluded from it and counted in ``note``.
 Intervals: bootstrap over anchors (per-anchor r; per-anchor sums for pearson_all).
+
+Beside these, ``corrembed`` with protocol ``paper-code`` is the number as the paper's released notebooks
+compute it (groups, own group included) with its controls: :mod:`embedeval.scoring.corrembed_paper`.
+``score.options.corrembed.protocols`` picks ``per-anchor`` (every row above) and/or ``paper-code``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from embedeval.engine.tiles import gather_rows, map_blocks_of, query_rows
 from embedeval.metrics.correlation import spearman
 from embedeval.scoring.bootstrap import NO_INTERVAL, Interval, bootstrap_mean, bootstrap_summed, derive_seed
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
+from embedeval.scoring.corrembed_paper import PAPER_CODE, CorrembedOptions, score_paper_code
 from embedeval.scoring.parts import UnitResult
 from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
@@ -69,11 +74,15 @@ def mean_of_defined(r: np.ndarray) -> tuple[float | None, np.ndarray, int]:
 
 
 def score_corrembed(ctx: TaskContext, emb: ModalityEmbeddings, tag_vectors: list[TagVectors]) -> list[ScoreRow]:
-    """Every corrembed row for every target, for one modality's embeddings."""
+    """Every corrembed row for every target, for one modality's embeddings, for each configured protocol."""
     emb = emb.first_per_item()
+    options = ctx.settings.options_for(TASK) or CorrembedOptions()
     rows: list[ScoreRow] = []
-    for tv in tag_vectors:
-        rows.extend(_score_target(ctx, emb, tv))
+    if PER_ANCHOR in options.protocols:
+        for tv in tag_vectors:
+            rows.extend(_score_target(ctx, emb, tv))
+    if PAPER_CODE in options.protocols:
+        rows.extend(score_paper_code(ctx, emb, tag_vectors, options))
     return rows
 
 
@@ -234,9 +243,12 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
 
 
 SCORE_TASK = ScoreTask(
-    name=TASK, plan=_plan, uses_tags=True, modalities=("image", "text", "sketch"), columns=("tags",),
+    name=TASK, plan=_plan, options=CorrembedOptions, uses_tags=True, modalities=("image", "text", "sketch"), columns=("tags",),
     description="per-anchor correlation of embedding and weighted-tag similarity (CorrEmbed), corr_knn, "
-                "knn_tag_similarity, pearson_all, spearman_all",
-    headline=(dict(label="CorrEmbed", target="all", metric="corrembed"),
+                "knn_tag_similarity, pearson_all, spearman_all; paper-code CorrEmbed (groups) and its controls",
+    headline=(dict(label="CorrEmbed", target="all", metric="corrembed", protocol=PER_ANCHOR),
+              dict(label="CorrEmbed paper-code", target="all", metric="corrembed", protocol=PAPER_CODE),
+              dict(label="paper-code floor (shuffled)", target="all", metric="control_shuffled_embeddings",
+                   protocol=PAPER_CODE),
               dict(label="corr_knn@{k}", target="all", metric="corr_knn", k_setting="corr_knn_k")),
     plots=("embedeval.report.plots:corrembed_plots",), no_direction=("corr_random",))

@@ -47,6 +47,22 @@ class TagVectors:
     tags: list[str]               # column names
     weights: np.ndarray           # (n_tags,) float64 weight per column
     matrix: sp.csr_matrix         # (n_items, n_tags) float64: weight where the item has the tag
+    presence: sp.csr_matrix | None = None   # (n_items, n_tags) 0/1: which item carries which tag
+
+    def binary(self) -> "TagVectors":
+        """The same tags with every weight 1 (the binary-weight control); needs ``presence``."""
+        if self.presence is None:
+            raise TagError(f"target {self.target!r}: binary tag weights need the presence matrix "
+                           "(build tag vectors with build_tag_vectors)")
+        return TagVectors(self.target, list(self.tags), np.ones(len(self.tags)), sp.csr_matrix(self.presence),
+                          self.presence)
+
+    def unit_or_zero(self, rows: np.ndarray) -> sp.csr_matrix:
+        """L2-normalised vectors of ``rows`` as CSR; rows without a vector stay 0 (their cosines are 0)."""
+        sub = sp.csr_matrix(self.matrix[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+        norms = np.sqrt(np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
+        sub.data = sub.data / np.repeat(np.where(norms > 0, norms, 1.0), np.diff(sub.indptr))
+        return sub
 
     @property
     def norms(self) -> np.ndarray:
@@ -146,11 +162,12 @@ def build_tag_vectors(tags: Sequence[Sequence[str] | None], categories: dict[str
         weights = informative_weights(presence, weighting)
 
     weighted = sp.csr_matrix(presence.multiply(weights[None, :])) if vocab else presence
-    out = [TagVectors(ALL_TARGET, list(vocab), weights, weighted)]
+    out = [TagVectors(ALL_TARGET, list(vocab), weights, weighted, presence)]
     if categories is not None:
         for cat in sorted(set(tag_category.values())):
             cols = np.array([j for j, t in enumerate(vocab) if tag_category[t] == cat], dtype=np.int64)
-            out.append(TagVectors(cat, [vocab[j] for j in cols], weights[cols], sp.csr_matrix(weighted[:, cols])))
+            out.append(TagVectors(cat, [vocab[j] for j in cols], weights[cols], sp.csr_matrix(weighted[:, cols]),
+                                  sp.csr_matrix(presence[:, cols])))
     return out
 
 
