@@ -69,9 +69,9 @@ def test_a_growing_catalogue_compares_every_score(tmp_path: Path) -> None:
     d = diff_scores(new, old, "night2", "night1", "given")
     assert not d.added and not d.removed, ([r.metric for r in d.added], [r.metric for r in d.removed])
     assert len(d.compared) == len(new) == len(old) > 40
-    changed = {(x.new.task, x.new.metric): x.params_change for x in d.compared if x.params_change}
-    assert changed[("corrembed", "corrembed")] == "anchors all→1000, seed —→0"
-    assert changed[("prototypes", "nmi")] == "k 8→9"
+    changed = {(x.new.task, x.new.metric, x.new.protocol): x.params_change for x in d.compared if x.params_change}
+    assert changed[("corrembed", "corrembed", "per-anchor")] == "anchors all→1000, seed —→0"
+    assert changed[("prototypes", "nmi", "kmeans")] == "k 8→9"
     # Spearman samples the same number of items both nights: same params, a plain comparison
     sp = next(x for x in d.compared if x.new.metric == "spearman_all" and x.new.target == "all")
     assert sp.new.params["pairs"] == "sampled-items" and not sp.params_change

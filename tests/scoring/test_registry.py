@@ -76,7 +76,7 @@ def test_unknown_tasks_options_and_broken_plugins_are_config_errors(toy_plugin: 
     with pytest.raises(ValidationError, match="declares no SCORE_TASK"):
         ScoreSettings(plugins=["json"])
     with pytest.raises(ValidationError, match="takes no options"):
-        ScoreSettings(options={"corrembed": {"x": 1}})
+        ScoreSettings(options={"modality_gap": {"x": 1}})
     with pytest.raises(ValidationError, match="scale"):
         ScoreSettings(plugins=[toy_plugin], tasks=["toy_spread"], options={"toy_spread": {"scale": -1}})
     s = ScoreSettings(plugins=[toy_plugin], tasks=["toy_spread"])
