@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.quarantine import QuarantineLog
-from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
+from embedeval.io.storage import Storage, is_s3_uri, locate
 
 MEDIA_COLUMNS = ("image", "sketch")
 LIST_COLUMNS = ("captions", "tags")
@@ -58,9 +58,9 @@ def _manifest_dir(uri: str) -> str:
     return str(Path(uri).expanduser().resolve().parent)
 
 
-def read_raw_manifest(uri: str, s3: S3Options | None = None) -> tuple[pa.Table, QuarantineLog]:
+def read_raw_manifest(uri: str, storage: Storage | None = None) -> tuple[pa.Table, QuarantineLog]:
     """Read the file into an Arrow table without validating rows. Lines that do not parse are quarantined."""
-    fs, path = make_filesystem(uri, s3)
+    fs, path = locate(uri, storage)
     log = QuarantineLog()
     try:
         with fs.open_input_stream(path) as f:
@@ -208,9 +208,9 @@ def normalise_roots(manifest_dir: str, extra_roots: list[str] | None) -> list[st
     return roots
 
 
-def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[str] | None = None) -> ManifestReadResult:
+def load_manifest(uri: str, storage: Storage | None = None, *, allowed_roots: list[str] | None = None) -> ManifestReadResult:
     """Read, validate and normalise a manifest. See the module docstring for what is quarantined."""
-    raw, log = read_raw_manifest(uri, s3)
+    raw, log = read_raw_manifest(uri, storage)
     manifest_dir = _manifest_dir(uri)
     roots = normalise_roots(manifest_dir, allowed_roots)
     n_raw = raw.num_rows
@@ -299,9 +299,9 @@ def _to_float(value: object) -> float | None:
         return math.nan
 
 
-def load_tag_categories(uri: str, s3: S3Options | None = None) -> dict[str, str]:
+def load_tag_categories(uri: str, storage: Storage | None = None) -> dict[str, str]:
     """A (tag, category) table from CSV or Parquet -> {tag: category}. Duplicate tags must agree."""
-    fs, path = make_filesystem(uri, s3)
+    fs, path = locate(uri, storage)
     try:
         with fs.open_input_stream(path) as f:
             data = f.read()

@@ -1,4 +1,4 @@
-"""The score job: committed embeddings of a run + the manifest -> ``runs/<run_id>/scores/*.parquet``.
+"""The score job: committed embeddings of a run + the manifest -> ``runs/<run_id>/scores/*.parquet`` + marker.
 
 For every model with committed partitions it loads and checks each modality once, then runs every enabled
 task. Checks and what they do (each exclusion is counted in the ``note`` of the rows it affects):
@@ -32,18 +32,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedeval.io.embeddings import list_committed, read_commit_marker
+from embedeval.io.layout import RunLayout
+from embedeval.io.score_files import commit_scores
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
 from embedeval.scoring.parts import ScoreParts, UnitResult
 from embedeval.scoring.prepare import prepare_partition
-from embedeval.scoring.schema import SCORES_PATH, scores_table
+from embedeval.scoring.schema import scores_table
 from embedeval.scoring.settings import EXECUTION_SETTINGS, ScoreSettings
 from embedeval.scoring.tags import TagVectors, build_tag_vectors
 
 log = logging.getLogger(__name__)
 
-AMBIGUITY_PATH = "scores/ambiguity.parquet"
-PROTOTYPES_PATH = "scores/prototypes.parquet"
 WEIGHTS_RANDOM_KEY = "embedeval.model.weights_random"
 
 Progress = Callable[[str], None]
@@ -67,9 +67,10 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     """
     say = progress or (lambda msg: log.info(msg))
     catalogue = CatalogueView.from_table(manifest)
+    layout = RunLayout(run_id)
     partitions = list_committed(storage, run_id)
     if not partitions:
-        raise ScoringError(f"no committed embeddings under {storage.uri(f'runs/{run_id}/embeddings')}: "
+        raise ScoringError(f"no committed embeddings under {storage.uri(layout.embeddings)}: "
                            f"run the embed job for run {run_id!r} first")
     tag_vectors = _tag_vectors(catalogue, tag_categories, category_weights, settings)
     runner = _make_runner(settings)
@@ -115,14 +116,12 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
             "embedeval.score.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
 
-    # scores.parquet goes last: it is the score stage's commit, so a kill never leaves it beside stale siblings.
-    storage.write_parquet(f"runs/{run_id}/{AMBIGUITY_PATH}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
-    storage.write_parquet(f"runs/{run_id}/{PROTOTYPES_PATH}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
-    storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", table, metadata=meta)
+    # The stage's marker goes last: readers see the three tables together or not at all.
+    commit_scores(storage, run_id, table, _concat(ambiguity, AMBIGUITY_SCHEMA), _concat(examples, EXAMPLES_SCHEMA),
+                  meta)
     if not settings.keep_blocks:
-        storage.delete_dir(f"runs/{run_id}/scores/blocks")
-    say(f"scores: {table.num_rows} rows for {len(models)} models written to "
-        f"{storage.uri(f'runs/{run_id}/{SCORES_PATH}')}")
+        storage.delete_dir(layout.blocks)
+    say(f"scores: {table.num_rows} rows for {len(models)} models written to {storage.uri(layout.scores_table)}")
     return table
 
 

@@ -1,4 +1,5 @@
-"""The scores contract: one tidy (long) table per run, ``runs/<run_id>/scores/scores.parquet``.
+"""The scores contract: one tidy (long) table per run, ``runs/<run_id>/scores/scores.parquet``
+(its path: :class:`embedeval.io.layout.RunLayout`; its commit: :mod:`embedeval.io.score_files`).
 
 One row per (model, task, target, metric, k, split). The report stage reads only this table.
 """
@@ -8,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-
-SCORES_PATH = "scores/scores.parquet"
 
 SCORES_SCHEMA = pa.schema(
     [
