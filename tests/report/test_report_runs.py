@@ -13,6 +13,7 @@ from embedeval.io.embeddings import CommitRecord, PartFile, write_commit_marker
 from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.report import ReportError, format_run_list, list_runs, show_run
+from embedeval.report.scores import load_scores
 
 
 def _errors(storage: Storage, rel: str, stages: list[str]) -> None:
@@ -89,6 +90,8 @@ def test_run_without_scores_or_report(tmp_path) -> None:  # noqa: ANN001
     s = list_runs(storage)[0]
     assert not s.has_scores and s.time.source == "config.yaml modification time"
     assert "scores:      none" in show_run(storage, "r")
+    with pytest.raises(ReportError, match="no committed scores for run 'r'"):   # the report trusts only markers
+        load_scores(storage, "r")
 
 
 def test_unknown_run_names_the_known_ones(storage: Storage) -> None:

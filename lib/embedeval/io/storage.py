@@ -18,7 +18,10 @@ import io
 import json
 import os
 import posixpath
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ _CHECKSUM_SETTINGS = {
     "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
 }
+
+
+_ENV_LOCK = threading.Lock()
 
 
 class StorageError(EmbedevalError, RuntimeError):
@@ -128,17 +134,29 @@ def _checksum_setting(name: str) -> str:
     return os.environ.get(name) or _CHECKSUM_SETTINGS[name]
 
 
-def _apply_checksum_env() -> None:
-    """Put the AWS checksum settings in the process environment if the user has not set them.
+@contextmanager
+def _checksum_env() -> Iterator[None]:
+    """The AWS checksum settings in the process environment while an S3FileSystem is made, restored after.
 
     pyarrow's S3FileSystem offers no option for them: the AWS C++ SDK inside it reads
-    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` from the environment
-    each time a client is made (a filesystem made before the variables are set keeps checksumming, one
-    made after does not). So they are set here, just before each S3FileSystem is made, rather than when
-    this module is imported; boto3 clients get the same settings through their ``Config`` instead.
+    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` from the environment when
+    its client is made (a filesystem made without them keeps checksumming). So they are set for that
+    moment only (one thread at a time), and the environment is as it was afterwards: neither importing
+    this module nor making a filesystem changes the process environment. A value the user set is kept.
+    boto3 clients get the same settings through their ``Config`` instead.
     """
-    for name in _CHECKSUM_SETTINGS:
-        os.environ[name] = _checksum_setting(name)
+    with _ENV_LOCK:
+        saved = {name: os.environ.get(name) for name in _CHECKSUM_SETTINGS}
+        for name in _CHECKSUM_SETTINGS:
+            os.environ[name] = _checksum_setting(name)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
@@ -167,8 +185,8 @@ def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
         kwargs["secret_key"] = s3.secret_access_key.get_secret_value()
         if s3.session_token:
             kwargs["session_token"] = s3.session_token.get_secret_value()
-    _apply_checksum_env()
-    return pafs.S3FileSystem(**kwargs)
+    with _checksum_env():
+        return pafs.S3FileSystem(**kwargs)
 
 
 def storage_at(uri: str, via: "Storage | None" = None) -> "Storage":

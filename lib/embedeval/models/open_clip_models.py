@@ -99,7 +99,7 @@ def describe(parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo | None:
     tag_cfg = _tag_config(parsed)
     try:
         with torch.device("meta"):
-            _, transform, tokenizer = _build(parsed, tag_cfg)
+            _, transform, tokenizer = _build(parsed, tag_cfg, device="meta")
     except Exception as exc:  # noqa: BLE001 - some towers need real tensors at build time: load instead
         log.info("%s: cannot be described without loading (%s: %s)", parsed.spec, type(exc).__name__, exc)
         return None
@@ -121,7 +121,7 @@ def _weights_file(parsed: ParsedSpec, opts: LoadOptions, tag_cfg: dict[str, Any]
     return fetch_weights_file(parsed.weights, spec=parsed.spec, storage=opts.storage, cache_dir=opts.cache_dir)
 
 
-def _build(parsed: ParsedSpec, tag_cfg: dict[str, Any]) -> tuple[nn.Module, Any, Any]:
+def _build(parsed: ParsedSpec, tag_cfg: dict[str, Any], device: str = "cpu") -> tuple[nn.Module, Any, Any]:
     """(model, eval transform, tokenizer) as open_clip builds them, with no weights (``pretrained=None``)."""
     import open_clip
 
@@ -132,6 +132,7 @@ def _build(parsed: ParsedSpec, tag_cfg: dict[str, Any]) -> tuple[nn.Module, Any,
                 arch,
                 pretrained=None,
                 pretrained_text=False,  # never fetch tower weights behind the user's back
+                device=device,
                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                 image_mean=tag_cfg.get("mean"),
                 image_std=tag_cfg.get("std"),
