@@ -208,8 +208,3 @@ class Centred(BlockSource):
         centred = self.base.load(b).astype(np.float64) - self.shift
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def as_source(X: "np.ndarray | BlockSource", block_rows: int = 32768) -> BlockSource:
-    """A block source for ``X``: itself if it already is one, else ``ArrayBlocks``."""
-    return X if isinstance(X, BlockSource) else ArrayBlocks(X, block_rows)

@@ -303,18 +303,14 @@ def _quiet_random_init_warning() -> Iterator[None]:
 
 
 class OpenClipFamily(ModelFamily):
+    """The functions above, declared as a family."""
+
     name = FAMILY
     forms = FORMS
     modalities = ALL_MODALITIES
-
-    def parse(self, spec: str, rest: str) -> ParsedSpec:
-        return parse(spec, rest)
-
-    def load(self, parsed: ParsedSpec, opts: LoadOptions) -> "OpenClipModel":
-        return load(parsed, opts)
-
-    def describe(self, parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo | None:
-        return describe(parsed, opts)
+    parse = staticmethod(parse)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
 
 
 register_family(OpenClipFamily())

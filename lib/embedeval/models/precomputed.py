@@ -335,12 +335,8 @@ class PrecomputedFamily(ModelFamily):
     forms = FORMS
     modalities = ALL_MODALITIES
     embeds = False
-
-    def parse(self, spec: str, rest: str) -> ParsedSpec:
-        return parse(spec, rest)
-
-    def load(self, parsed: ParsedSpec, opts: LoadOptions) -> "PrecomputedModel":
-        return load(parsed, opts)
+    parse = staticmethod(parse)
+    load = staticmethod(load)
 
     def describe(self, parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo:
         return load(parsed, opts).info   # loading reads only file schemas and a modality column

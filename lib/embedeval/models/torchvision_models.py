@@ -249,18 +249,14 @@ def _describe_transform(transform: Any) -> str:
 
 
 class TorchvisionFamily(ModelFamily):
+    """The functions above, declared as a family."""
+
     name = FAMILY
     forms = FORMS
     modalities = IMAGE_MODALITIES
-
-    def parse(self, spec: str, rest: str) -> ParsedSpec:
-        return parse(spec, rest)
-
-    def load(self, parsed: ParsedSpec, opts: LoadOptions) -> "TorchvisionModel":
-        return load(parsed, opts)
-
-    def describe(self, parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo:
-        return describe(parsed, opts)
+    parse = staticmethod(parse)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
 
     def preprocessor(self, parsed: ParsedSpec, opts: LoadOptions) -> Callable[[Image.Image], np.ndarray]:
         return load_preprocessor(parsed)
