@@ -163,7 +163,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     config = _load(args)
     summary = embed_run(config)
-    print(f"embeddings: {summary.root}/runs/{summary.run_id}/embeddings")
+    print(f"embeddings: {summary.embeddings_uri}")
     return 0
 
 

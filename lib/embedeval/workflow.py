@@ -15,10 +15,8 @@ import pyarrow as pa
 import yaml
 
 from embedeval.config import RunConfig, load_config
+from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
-
-INPUT_MANIFEST = "inputs/manifest.parquet"
-INPUT_TAG_CATEGORIES = "inputs/tag_categories.json"
 
 DEMO_MODELS = [
     # Sees colour and shape with no learned weights: the baseline that must beat random weights.
@@ -37,12 +35,14 @@ def read_run_inputs(storage: Storage, run_id: str) -> tuple[pa.Table, dict[str, 
     """The manifest snapshot and tag categories that the embed stage recorded for a run."""
     from embedeval.io.embeddings import EmbeddingsError
 
-    if not storage.exists(f"runs/{run_id}/{INPUT_MANIFEST}"):
-        raise EmbeddingsError(f"run {run_id!r} under {storage.root} has no {INPUT_MANIFEST}: run `embedeval embed` first")
-    manifest = storage.read_parquet([f"runs/{run_id}/{INPUT_MANIFEST}"])
+    layout = RunLayout(run_id)
+    if not storage.exists(layout.input_manifest):
+        raise EmbeddingsError(f"run {run_id!r} under {storage.root} has no {layout.relative(layout.input_manifest)}: "
+                              "run `embedeval embed` first")
+    manifest = storage.read_parquet([layout.input_manifest])
     categories = None
-    if storage.exists(f"runs/{run_id}/{INPUT_TAG_CATEGORIES}"):
-        categories = storage.read_json(f"runs/{run_id}/{INPUT_TAG_CATEGORIES}")
+    if storage.exists(layout.input_tag_categories):
+        categories = storage.read_json(layout.input_tag_categories)
     return manifest, categories
 
 
@@ -58,7 +58,7 @@ def score_from_config(config: RunConfig, echo: Callable[[str], None] = print) ->
     table = score_run(storage, run_id, manifest, categories, config.score,
                       category_weights=config.category_weights, progress=echo)
     echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s -> "
-         f"{storage.uri(f'runs/{run_id}/scores/scores.parquet')}")
+         f"{storage.uri(RunLayout(run_id).scores_table)}")
     if config.score.common_panel:
         score_panel(storage, run_id, config, manifest, categories, echo)
     return table
@@ -91,7 +91,7 @@ def image_loader_for(storage: Storage, run_id: str, config: RunConfig) -> Callab
     paths = {}
     if "image" in manifest.column_names:
         paths = dict(zip(manifest.column("id").to_pylist(), manifest.column("image").to_pylist()))
-    reader = MediaReader(config.s3)
+    reader = MediaReader(storage)
 
     def load(item_id: str) -> bytes | None:
         uri = paths.get(item_id)
@@ -162,5 +162,5 @@ def run_demo(root: Path, *, items: int = 320, seed: int = 0, run_id: str = "demo
     score_from_config(config, echo)
     if report:
         report_from_config(config, echo)
-    echo(f"results: {root / 'runs' / run_id}  (config: {config_path})")
+    echo(f"results: {root / RunLayout(run_id).base}  (config: {config_path})")
     return config

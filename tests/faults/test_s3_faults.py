@@ -207,7 +207,8 @@ def test_media_reads_retry_transient_errors_only(s3_options, s3_server,  # noqa:
     """An image read outlives a burst of errors longer than the S3 client's own retries; a missing file or a
     lasting outage is given up on (quarantined as unreadable) after a bounded number of requests."""
     Storage("s3://test/faults-media", s3_options).write_bytes("a.png", b"\x89PNG not really")
-    reader = MediaReader(_proxied(fault_proxy, s3_server, max_attempts=2), read_attempts=3, retry_pause_s=0.05)
+    reader = MediaReader(Storage("s3://test", _proxied(fault_proxy, s3_server, max_attempts=2)), read_attempts=3,
+                         retry_pause_s=0.05)
 
     fault_proxy.fail_next(3)    # both client attempts of the first try, and the first of the second try
     assert reader.read_bytes("s3://test/faults-media/a.png") == b"\x89PNG not really"

@@ -335,14 +335,14 @@ def test_sketchy_from_s3_to_s3(tmp_path: Path, s3_options) -> None:  # noqa: ANN
         if path.is_file():
             bucket.write_bytes(str(path.relative_to(tmp_path)), path.read_bytes())
     out = bucket.uri("Sketchy/manifest.parquet")
-    result = import_sketchy(bucket.uri("Sketchy"), out, unseen=bucket.uri("unseen.txt"), s3=s3_options)
+    result = import_sketchy(bucket.uri("Sketchy"), out, unseen=bucket.uri("unseen.txt"), via=bucket)
     assert result.rows == 8 and result.counts["unseen classes"] == 1
     # The same rows as from the local tree: relative paths do not depend on where the tree lives.
     import_sketchy(str(tmp_path / "Sketchy"), str(tmp_path / "Sketchy" / "m.parquet"),
                    unseen=str(tmp_path / "unseen.txt"))
     assert (bucket.read_parquet(["Sketchy/manifest.parquet"]).to_pylist()
             == pq.read_table(tmp_path / "Sketchy" / "m.parquet").to_pylist())
-    manifest = load_manifest(out, s3_options)
+    manifest = load_manifest(out, bucket)
     assert manifest.table.column("image").to_pylist()[0] == bucket.uri(
         "Sketchy/photo/tx_000000000000/airplane/n02691156_10151.jpg")
 

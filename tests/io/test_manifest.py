@@ -103,7 +103,7 @@ def test_s3_manifest_paths_are_resolved_and_confined(s3_options, s3_server) -> N
     st.write_parquet("cat/m.parquet", pa.table({"id": ["a", "b", "c"],
                                                 "image": ["img/a.png", "../../other-bucket/x.png",
                                                           "s3://test/manifests/cat/img/c.png"]}))
-    result = load_manifest("s3://test/manifests/cat/m.parquet", s3_options)
+    result = load_manifest("s3://test/manifests/cat/m.parquet", st)
     assert result.table.column("image").to_pylist() == ["s3://test/manifests/cat/img/a.png",
                                                         "s3://test/manifests/cat/img/c.png"]
     assert "outside the allowed roots" in _reasons(result)[("b", 0)]

@@ -60,7 +60,8 @@ def test_wrong_credentials_give_clear_error(s3_server, tmp_path) -> None:  # noq
 def test_checksum_settings_reach_boto3_and_pyarrow_without_import_side_effects(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # rclone (and other S3-compatible servers) reject the SDKs' newer default checksums. boto3 gets the
-    # settings in its Config; pyarrow only reads them from the environment, set when an S3FileSystem is made.
+    # settings in its Config; pyarrow only reads them from the environment, set while an S3FileSystem is
+    # made and restored after (the round trips above against rclone prove the filesystem still got them).
     from embedeval.io.storage import S3Options, make_filesystem
 
     names = ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
@@ -72,6 +73,6 @@ def test_checksum_settings_reach_boto3_and_pyarrow_without_import_side_effects(
     assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required",) * 2
     assert not any(name in os.environ for name in names)
     make_filesystem("s3://bucket/x", options)
-    assert [os.environ[name] for name in names] == ["when_required"] * 2
+    assert not any(name in os.environ for name in names)
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the user's choice wins
     assert S3Options().boto3_client().meta.config.request_checksum_calculation == "when_supported"

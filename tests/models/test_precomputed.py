@@ -121,7 +121,7 @@ def test_precomputed_from_s3(s3_options, tmp_path: Path) -> None:  # noqa: ANN00
     store = Storage(f"s3://test/{tmp_path.name}", s3_options)
     store.write_parquet("vectors/part-0.parquet", _ragged_table())
     uri = store.uri("vectors")
-    model = load_model(f"precomputed:{uri}", s3=s3_options, dim_hint=3)
+    model = load_model(f"precomputed:{uri}", storage=store, dim_hint=3)
     rows = model.load_vectors("image")
     assert rows.good.num_rows == 3 and rows.bad.num_rows == 9
     assert rows.bad["file"][0].as_py().startswith("s3://test/")

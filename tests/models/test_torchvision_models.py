@@ -80,7 +80,7 @@ def test_s3_checkpoint_is_copied_checksummed_and_loaded(saved_resnet18, s3_optio
     store.write_bytes("models/resnet18.pt", path.read_bytes())
     uri = store.uri("models/resnet18.pt")
     cache = tmp_path / "cache"
-    model = load_model(f"torchvision:resnet18:{uri}", s3=s3_options, cache_dir=str(cache))
+    model = load_model(f"torchvision:resnet18:{uri}", storage=store, cache_dir=str(cache))
     assert model.info.weights_source == uri
     assert model.info.weights_sha256 == _sha256(path)
     cached = list(cache.rglob("resnet18.pt"))
@@ -89,13 +89,13 @@ def test_s3_checkpoint_is_copied_checksummed_and_loaded(saved_resnet18, s3_optio
     np.testing.assert_allclose(model.embed_images(batch), _reference_features(module, batch), rtol=1e-5, atol=1e-5)
     # a second load reuses the local copy (same size and mtime) instead of fetching again
     before = os.stat(cached[0]).st_mtime_ns
-    load_model(f"torchvision:resnet18:{uri}", s3=s3_options, cache_dir=str(cache))
+    load_model(f"torchvision:resnet18:{uri}", storage=store, cache_dir=str(cache))
     assert os.stat(cached[0]).st_mtime_ns == before
 
 
 def test_missing_s3_object_is_a_model_error(s3_options, tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(ModelError, match="does not exist"):
-        load_model(f"torchvision:resnet18:s3://test/{tmp_path.name}/none.pt", s3=s3_options,
+        load_model(f"torchvision:resnet18:s3://test/{tmp_path.name}/none.pt", storage=Storage(f"s3://test/{tmp_path.name}", s3_options),
                    cache_dir=str(tmp_path))
 
 

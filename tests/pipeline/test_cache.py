@@ -114,7 +114,7 @@ def test_images_and_sketches_of_a_grown_catalogue_both_come_from_the_cache(tmp_p
     storage = Storage(str(root))
     cache = EmbeddingCache(storage, describe_model(spec))
     write_partition_files(_embedded_in_process(corpus.manifest, spec, ("image", "sketch")),
-                          PartitionTarget(storage, "r1", "builtin-pixelstats", {}, cache.base))
+                          PartitionTarget(storage, "r1", "builtin-pixelstats", {}, cache.layout))
 
     grown = write_demo_corpus(tmp_path / "demo", n_items=15)   # the same 12 items plus 3 new ones
     for item in ("item-000001", "item-000007"):
@@ -185,7 +185,7 @@ def test_the_cache_writer_keeps_entries_of_every_batch_and_modality_with_the_sam
             "reworded": [text_sha256(f"a photo of {c}") for c in captions]}
     vectors = {name: _unit_vectors(len(ids), dim, seed) for seed, name in enumerate(sets)}
     for run, name in (("r1", "first"), ("r2", "reworded")):
-        target = PartitionTarget(storage, run, "m", {}, cache.base)
+        target = PartitionTarget(storage, run, "m", {}, cache.layout)
         write_partition_files(_embedded_rows(ids, subs, "text", sets[name], vectors[name]), target)
     for name, hashes in sets.items():
         np.testing.assert_array_equal(_lookup(cache, "text", hashes), vectors[name])
@@ -195,15 +195,15 @@ def test_the_cache_writer_keeps_entries_of_every_batch_and_modality_with_the_sam
     media = {m: ([f"{m}-{i}" for i in range(4)], _unit_vectors(4, dim, 10 + k))
              for k, m in enumerate(("image", "sketch"))}
     batch = pa.concat_tables([_embedded_rows(item_ids, [0] * 4, m, hashes, v) for m, (hashes, v) in media.items()])
-    target = PartitionTarget(storage, "r3", "m", {}, cache.base)
+    target = PartitionTarget(storage, "r3", "m", {}, cache.layout)
     write_partition_files(batch, target)
     for hashes, v in media.values():
         np.testing.assert_array_equal(_lookup(cache, "image", hashes), v)
 
     # A retried task rewrites its own files instead of adding duplicates.
-    files = {kind: storage.list_files(cache.part_dir(kind), ".parquet") for kind in ("image", "text")}
+    files = {kind: storage.list_files(cache.layout.kind_dir(kind), ".parquet") for kind in ("image", "text")}
     write_partition_files(batch, target)
-    assert {kind: storage.list_files(cache.part_dir(kind), ".parquet") for kind in ("image", "text")} == files
+    assert {kind: storage.list_files(cache.layout.kind_dir(kind), ".parquet") for kind in ("image", "text")} == files
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -234,7 +234,7 @@ def test_captions_come_from_the_cache_after_another_caption_set_of_the_same_item
     vectors = {run: _unit_vectors(len(ids), cache.info.dim, seed) for seed, run in enumerate(sets)}
     for run, (_, texts) in sets.items():
         write_partition_files(_embedded_rows(ids, subs, "text", [text_sha256(t) for t in texts], vectors[run]),
-                              PartitionTarget(storage, f"fill-{run}", "clip", {}, cache.base))
+                              PartitionTarget(storage, f"fill-{run}", "clip", {}, cache.layout))
 
     for run, (manifest, _) in sets.items():
         lines: list[str] = []

@@ -90,7 +90,7 @@ def test_reads_from_s3(s3_options, s3_server) -> None:  # noqa: ANN001
     from embedeval.io.storage import Storage
 
     Storage("s3://test/media", s3_options).write_bytes("a.png", _encode(RGB, "PNG"))
-    reader = MediaReader(s3_options)
+    reader = MediaReader(Storage("s3://test/media", s3_options))
     assert reader.read_image("s3://test/media/a.png").size == (50, 40)
     with pytest.raises(BadItem, match="missing file"):
         reader.read_image("s3://test/media/none.png")

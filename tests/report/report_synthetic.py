@@ -18,8 +18,10 @@ from dataclasses import replace
 
 from PIL import Image
 
+from embedeval.io.score_files import commit_scores, read_score_table, read_scores_commit
 from embedeval.io.storage import Storage
-from embedeval.scoring.schema import SCORES_PATH, ScoreRow, scores_table
+from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
+from embedeval.scoring.schema import ScoreRow, scores_table
 
 REAL = ["resnet50", "vit_b_16", "clip_vitb32"]
 RANDOM = "random_resnet50"
@@ -91,8 +93,10 @@ def previous_rows(run_id: str = "r1") -> list[ScoreRow]:
 
 
 def write_scores(storage: Storage, run_id: str, rows: list[ScoreRow], created_at: str | None) -> None:
+    """Commit a score stage's outputs as the score job does (no example tables)."""
     meta = {"run_id": run_id, **({"created_at": created_at} if created_at else {})}
-    storage.write_parquet(f"runs/{run_id}/{SCORES_PATH}", scores_table(rows), metadata=meta)
+    commit_scores(storage, run_id, scores_table(rows), AMBIGUITY_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table(),
+                  meta)
 
 
 def populate(storage: Storage) -> None:
@@ -114,7 +118,7 @@ LABELS = ["dress", "shirt", "jeans", "sneaker", "handbag", "a-very-long-label-na
 
 
 def write_examples(storage: Storage, run_id: str, models: list[str]) -> None:
-    """prototypes.parquet and ambiguity.parquet in the layout the report reads (both optional inputs)."""
+    """Recommit a run's scores with prototypes.parquet and ambiguity.parquet (what the report's examples read)."""
     import pyarrow as pa
 
     protos, ambig = [], []
@@ -131,8 +135,10 @@ def write_examples(storage: Storage, run_id: str, models: list[str]) -> None:
             ambig.append({"model": m, "modality": "image", "kind": "item", "id_a": f"item{rank + 30}", "id_b": None,
                           "label_a": LABELS[rank % 6], "label_b": None, "similarity": None, "prototype": rank % 4,
                           "score": 1.0 - 0.05 * rank, "rank": rank})
-    storage.write_parquet(f"runs/{run_id}/scores/prototypes.parquet", pa.Table.from_pylist(protos))
-    storage.write_parquet(f"runs/{run_id}/scores/ambiguity.parquet", pa.Table.from_pylist(ambig))
+    found = read_scores_commit(storage, run_id)
+    assert found is not None, "write_scores first"
+    commit_scores(storage, run_id, read_score_table(storage, found), pa.Table.from_pylist(ambig),
+                  pa.Table.from_pylist(protos), found.fields["metadata"])
 
 
 def image_loader(item_id: str) -> bytes | None:

@@ -8,24 +8,40 @@ import pyarrow as pa
 import pytest
 from report_synthetic import current_rows, write_scores
 
-from embedeval.io.embeddings import CommitRecord, PartFile, partition_dir, write_commit_marker
+from embedeval.io.commit import commit, write_file
+from embedeval.io.embeddings import CommitRecord, PartFile, write_commit_marker
+from embedeval.io.layout import RunLayout, marker_in
 from embedeval.io.storage import Storage
 from embedeval.report import ReportError, format_run_list, list_runs, show_run
+from embedeval.report.scores import has_scores, load_scores
+
+
+def _errors(storage: Storage, rel: str, stages: list[str]) -> None:
+    storage.write_parquet(rel, pa.table({"id": [f"i{k}" for k in range(len(stages))], "stage": stages,
+                                         "reason": ["x"] * len(stages)}))
 
 
 def make_run(storage: Storage, run_id: str, created_at: str | None, with_scores: bool) -> None:
-    storage.write_bytes(f"runs/{run_id}/config.yaml", b"run_id: x\n")
+    layout = RunLayout(run_id)
+    storage.write_bytes(layout.config, b"run_id: x\n")
+    _errors(storage, layout.manifest_errors, ["validate"])
     for model, modality, rows, quarantined in (("resnet50", "image", 100, 2), ("resnet50", "sketch", 40, 0),
                                                ("random_resnet50", "image", 100, 2)):
-        d = partition_dir(run_id, model, modality)
+        d = layout.partition(model, modality)
         storage.write_bytes(f"{d}/part-0.parquet", b"x")
+        errors = []
+        if model == "resnet50" and modality == "image":
+            errors = [f"{layout.partition_errors(model, modality)}/part-0.parquet"]
+            _errors(storage, errors[0], ["decode", "decode"])
         write_commit_marker(storage, CommitRecord(run_id, model, modality, 2048, [PartFile(f"{d}/part-0.parquet",
-                            rows, "0")], rows, quarantined, committed_at=1_767_225_600.0))
-    storage.write_bytes(f"{partition_dir(run_id, 'vit_b_16', 'image')}/part-0.parquet", b"half written")
-    storage.write_parquet(f"runs/{run_id}/errors/part-0.parquet", pa.table(
-        {"id": ["a", "b", "c"], "stage": ["decode", "decode", "validate"], "reason": ["x", "y", "z"]}))
+                            rows, "0")], rows, quarantined, committed_at=1_767_225_600.0, errors_files=errors))
+    # a partition a killed run left without its marker: its files and its errors are invisible
+    storage.write_bytes(f"{layout.partition('vit_b_16', 'image')}/part-0.parquet", b"half written")
+    _errors(storage, f"{layout.partition_errors('vit_b_16', 'image')}/part-0.parquet", ["embed"] * 5)
     if with_scores:
         write_scores(storage, run_id, current_rows(run_id, models=["resnet50", "random_resnet50"]), created_at)
+    else:  # a score stage that never committed: its table is not there for readers
+        storage.write_bytes(layout.scores_table, b"not committed")
 
 
 @pytest.fixture
@@ -33,7 +49,9 @@ def storage(tmp_path) -> Storage:  # noqa: ANN001
     s = Storage(str(tmp_path / "root"))
     make_run(s, "b-second", "2026-01-02T00:00:00Z", with_scores=True)
     make_run(s, "a-first", "2026-01-01T00:00:00Z", with_scores=True)
-    s.write_bytes("runs/b-second/report/leaderboard.md", b"# x")
+    second = RunLayout("b-second")
+    commit(s, second.report, [write_file(s, second.report_file("leaderboard.md"), b"# x")])
+    s.write_bytes(RunLayout("a-first").report_file("leaderboard.md"), b"# a report that never committed")
     return s
 
 
@@ -72,6 +90,8 @@ def test_run_without_scores_or_report(tmp_path) -> None:  # noqa: ANN001
     s = list_runs(storage)[0]
     assert not s.has_scores and s.time.source == "config.yaml modification time"
     assert "scores:      none" in show_run(storage, "r")
+    with pytest.raises(ReportError, match="no committed scores for run 'r'"):   # the report trusts only markers
+        load_scores(storage, "r")
 
 
 def test_unknown_run_names_the_known_ones(storage: Storage) -> None:
@@ -81,3 +101,11 @@ def test_unknown_run_names_the_known_ones(storage: Storage) -> None:
 
 def test_empty_root_lists_nothing(tmp_path) -> None:  # noqa: ANN001
     assert list_runs(Storage(str(tmp_path / "empty"))) == []
+
+
+def test_a_run_scored_before_stage_markers_still_diffs(tmp_path) -> None:  # noqa: ANN001
+    """An older run has a scores.parquet (its stage's commit then) and no marker: still a previous run."""
+    storage = Storage(str(tmp_path / "root"))
+    make_run(storage, "old", "2026-11-01T00:00:00+00:00", with_scores=True)
+    storage.delete_file(marker_in(RunLayout("old").scores))
+    assert has_scores(storage, "old") and load_scores(storage, "old")

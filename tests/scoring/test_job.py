@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from embedeval.io.embeddings import (CommitRecord, PartFile, embeddings_table, partition_dir, table_checksum,
                                      write_commit_marker)
 from embedeval.io.storage import Storage
-from embedeval.scoring import job as job_module
 from embedeval.scoring.context import ScoringError
 from embedeval.scoring.job import score_run
 from embedeval.scoring.settings import ScoreSettings
@@ -207,7 +206,6 @@ def test_no_tags_and_settings_validation(tmp_path: Path, rng: np.random.Generato
         ScoreSettings(label_pairs=["sketch"])
     with pytest.raises(ValidationError, match="unknown modalities"):
         ScoreSettings(corr_modalities=["images"])
-    assert job_module.AMBIGUITY_PATH.endswith("ambiguity.parquet")
 
 
 def test_torch_tiles_give_the_numpy_scores(tmp_path: Path, rng: np.random.Generator) -> None:

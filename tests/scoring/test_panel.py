@@ -15,7 +15,7 @@ from embedeval.report.diff import diff_scores, is_regression
 from embedeval.report.scores import load_scores
 from embedeval.report.settings import ReportSettings
 from embedeval.scoring.job import score_run
-from embedeval.scoring.panel import panel_scores_path, read_panel, score_common_panel
+from embedeval.scoring.panel import panel_layout, read_panel, score_common_panel
 from embedeval.scoring.settings import ScoreSettings
 
 from .synthetic import CATEGORIES
@@ -40,7 +40,7 @@ def test_growth_does_not_fire_and_degraded_vectors_do(tmp_path: Path) -> None:
     m2 = _night(storage, "night2", 900, base)
     info = score_common_panel(storage, "night2", "night1", m2, m1, CATEGORIES, SETTINGS)
     assert info.scored and info.shared == 600 and read_panel(storage, "night2", "night1") == info
-    assert storage.exists(panel_scores_path("night2", "night1", "night1"))
+    assert storage.exists(panel_layout("night2", "night1", "night1").scores_table)
     paths = build_report(storage, "night2", previous_run_id="night1", settings=ReportSettings(dpi=50))
     assert paths.not_like_for_like is None and paths.regressions == []
     # the plain diff does see the growth: a larger gallery moves retrieval scores beyond their intervals

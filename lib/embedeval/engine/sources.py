@@ -210,11 +210,6 @@ class Centred(BlockSource):
         return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def as_source(X: "np.ndarray | BlockSource", block_rows: int = 32768) -> BlockSource:
-    """A block source for ``X``: itself if it already is one, else ``ArrayBlocks``."""
-    return X if isinstance(X, BlockSource) else ArrayBlocks(X, block_rows)
-
-
 class IndexedRows(BlockSource):
     """Row i is ``table[index[i]]``: a small (m, d) table read through an (n,) index, in ``offsets`` blocks.
 

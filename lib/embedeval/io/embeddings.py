@@ -17,10 +17,17 @@ import numpy as np
 import pyarrow as pa
 
 from embedeval.errors import EmbedevalError
+from embedeval.io.commit import CommitError, CommittedFile, commit, read_commit
+from embedeval.io.layout import COMMIT_MARKER, RunLayout, partition_of
 from embedeval.io.storage import Storage
 
-COMMIT_MARKER = "_COMMITTED.json"
+__all__ = ["COMMIT_MARKER", "CommitRecord", "EmbeddingSet", "EmbeddingsError", "PartFile", "embeddings_schema",
+           "embeddings_table", "list_committed", "partition_dir", "read_commit_marker", "read_committed",
+           "table_checksum", "vectors_from_table", "write_commit_marker"]
+
 FORMAT_VERSION = 1
+#: One written file of a partition as its marker lists it; ``sha256`` is :func:`table_checksum` of its rows.
+PartFile = CommittedFile
 
 
 class EmbeddingsError(EmbedevalError, ValueError):
@@ -53,7 +60,7 @@ def embeddings_table(ids: list[str] | pa.Array, subs: list[int] | np.ndarray | p
 
 
 def partition_dir(run_id: str, model: str, modality: str) -> str:
-    return f"runs/{run_id}/embeddings/model={model}/modality={modality}"
+    return RunLayout(run_id).partition(model, modality)
 
 
 def table_checksum(table: pa.Table) -> str:
@@ -71,18 +78,6 @@ def table_checksum(table: pa.Table) -> str:
 
 
 @dataclass
-class PartFile:
-    """One written file of a partition, as listed in its commit marker."""
-
-    path: str            # relative to the storage root
-    rows: int
-    sha256: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "sha256": self.sha256}
-
-
-@dataclass
 class CommitRecord:
     run_id: str
     model: str
@@ -96,7 +91,8 @@ class CommitRecord:
     errors_files: list[str] = field(default_factory=list)
     committed_at: float = field(default_factory=time.time)
 
-    def as_dict(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """The marker's fields besides ``files`` and ``committed_at`` (which :func:`commit` writes)."""
         return {
             "format_version": FORMAT_VERSION,
             "run_id": self.run_id,
@@ -105,18 +101,16 @@ class CommitRecord:
             "dim": self.dim,
             "rows": self.rows,
             "quarantined": self.quarantined,
-            "files": [f.as_dict() for f in self.files],
             "model_info": self.model_info,
             "inputs_sha256": self.inputs_sha256,
             "errors_files": self.errors_files,
-            "committed_at": self.committed_at,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CommitRecord":
+    def from_fields(cls, files: list[PartFile], d: dict[str, Any]) -> "CommitRecord":
         return cls(
             run_id=d["run_id"], model=d["model"], modality=d["modality"], dim=int(d["dim"]),
-            files=[PartFile(**f) for f in d["files"]], rows=int(d["rows"]), quarantined=int(d["quarantined"]),
+            files=files, rows=int(d["rows"]), quarantined=int(d["quarantined"]),
             model_info=dict(d.get("model_info", {})), inputs_sha256=str(d.get("inputs_sha256", "")),
             errors_files=list(d.get("errors_files", [])), committed_at=float(d.get("committed_at", 0.0)),
         )
@@ -124,29 +118,24 @@ class CommitRecord:
 
 def write_commit_marker(storage: Storage, record: CommitRecord) -> None:
     """Make a partition visible. Call only after every listed file is durably written."""
-    storage.write_json(f"{partition_dir(record.run_id, record.model, record.modality)}/{COMMIT_MARKER}",
-                       record.as_dict())
+    commit(storage, partition_dir(record.run_id, record.model, record.modality), record.files,
+           committed_at=record.committed_at, **record.fields())
 
 
 def read_commit_marker(storage: Storage, run_id: str, model: str, modality: str) -> CommitRecord | None:
-    rel = f"{partition_dir(run_id, model, modality)}/{COMMIT_MARKER}"
-    if not storage.exists(rel):
-        return None
+    folder = partition_dir(run_id, model, modality)
     try:
-        return CommitRecord.from_dict(storage.read_json(rel))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise EmbeddingsError(f"commit marker {storage.uri(rel)} is malformed ({exc}); delete it to re-embed") from exc
+        found = read_commit(storage, folder)
+        return None if found is None else CommitRecord.from_fields(found.files, found.fields)
+    except (CommitError, KeyError, ValueError, TypeError) as exc:
+        raise EmbeddingsError(f"commit marker of {storage.uri(folder)} is malformed ({exc}); "
+                              "delete it to re-embed") from exc
 
 
 def list_committed(storage: Storage, run_id: str) -> list[tuple[str, str]]:
     """(model, modality) pairs with a commit marker in a run, sorted."""
-    out = []
-    for rel in storage.list_files(f"runs/{run_id}/embeddings", suffix=COMMIT_MARKER):
-        parts = rel.split("/")
-        model = next(p[len("model="):] for p in parts if p.startswith("model="))
-        modality = next(p[len("modality="):] for p in parts if p.startswith("modality="))
-        out.append((model, modality))
-    return sorted(out)
+    found = (partition_of(rel) for rel in storage.list_files(RunLayout(run_id).embeddings, suffix=COMMIT_MARKER))
+    return sorted(p for p in found if p is not None)
 
 
 @dataclass

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.manifest import inside_roots, manifest_folder, normalise_roots
-from embedeval.io.storage import S3Options, Storage, StorageError, is_s3_uri, make_filesystem
+from embedeval.io.storage import Storage, StorageError, is_s3_uri, locate, storage_at
 
 #: Suffixes (lower case) of the files the folder layouts take as images; others are skipped and counted.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -85,7 +85,7 @@ class ImportResult:
 
 def import_karpathy(json_uri: str, images_root: str, out: str, *, splits: list[str] | None = None,
                     limit: int | None = None, offset: int = 0, allowed_roots: list[str] | None = None,
-                    s3: S3Options | None = None) -> ImportResult:
+                    via: Storage | None = None) -> ImportResult:
     """Karpathy-split JSON (Flickr30K, Flickr8K or COCO) -> a manifest at ``out``.
 
     ``json_uri``: ``{"images": [{"filename", "split", "sentences": [{"raw", ...}], "filepath" and
@@ -105,7 +105,7 @@ def import_karpathy(json_uri: str, images_root: str, out: str, *, splits: list[s
             raise ImporterError(f"unknown Karpathy split {s!r}; use {', '.join(KARPATHY_SPLITS)}")
     if offset < 0 or (limit is not None and limit < 1):
         raise ImporterError(f"offset must be >= 0 and limit >= 1 (got offset={offset}, limit={limit})")
-    data = _read_json(json_uri, s3)
+    data = _read_json(json_uri, via)
     if not isinstance(data, dict):
         raise ImporterError(f"{json_uri}: the top level must be a JSON object with the key 'images'")
     images = data.get("images")
@@ -120,7 +120,7 @@ def import_karpathy(json_uri: str, images_root: str, out: str, *, splits: list[s
     else:
         is_coco = dataset.lower() == "coco"
 
-    target = _Target(out, allowed_roots, s3)
+    target = _Target(out, allowed_roots, via)
     root = target.media_root(images_root, "images")
     parsed: list[_KarpathyImage] = []
     first_of: dict[str, int] = {}
@@ -186,7 +186,7 @@ def _karpathy_image(entry: Any, where: str, is_coco: bool) -> _KarpathyImage:
 # --- class-folder layouts -------------------------------------------------------------------------
 
 def import_sketchy(root: str, out: str, *, unseen: str | None = None, variant: str = SKETCHY_VARIANT,
-                   allowed_roots: list[str] | None = None, s3: S3Options | None = None) -> ImportResult:
+                   allowed_roots: list[str] | None = None, via: Storage | None = None) -> ImportResult:
     """Sketchy / Sketchy-Extended -> one row per photo and one per sketch, labelled by class folder.
 
     Layout: ``<root>/photo/<variant>/<class>/<name>.jpg`` and ``<root>/sketch/<variant>/<class>/<name>-<n>.png``.
@@ -195,10 +195,10 @@ def import_sketchy(root: str, out: str, *, unseen: str | None = None, variant: s
     Every row: label (the class), and with ``unseen`` (a text file, one class per line) class_split
     seen/unseen. Photos first, then sketches, each sorted by id.
     """
-    target = _Target(out, allowed_roots, s3)
+    target = _Target(out, allowed_roots, via)
     base = target.media_root(root, "Sketchy")
-    photos, skipped_p = _class_files(base, f"photo/{variant}", s3, nested=False)
-    sketches, skipped_s = _class_files(base, f"sketch/{variant}", s3, nested=False)
+    photos, skipped_p = _class_files(base, f"photo/{variant}", via, nested=False)
+    sketches, skipped_s = _class_files(base, f"sketch/{variant}", via, nested=False)
     for what, found in (("photo", photos), ("sketch", sketches)):
         if not found:
             raise ImporterError(f"no {what} files under {base}/{what}/{variant}; expected "
@@ -223,21 +223,21 @@ def import_sketchy(root: str, out: str, *, unseen: str | None = None, variant: s
     counts = {"photos": len(photos), "sketches": len(sketches), "classes": len(set(labels))}
     orphans = photo_of.count(None)
     notes = [f"{orphans} sketches name no photo of their class (photo_id is null)"] if orphans else []
-    _add_class_split(columns, counts, labels, unseen, s3)
+    _add_class_split(columns, counts, labels, unseen, via)
     counts["skipped files"] = skipped_p + skipped_s
     return target.write(pa.table(columns), "sketchy", root, counts, notes)
 
 
 def import_tu_berlin(root: str, out: str, *, unseen: str | None = None, allowed_roots: list[str] | None = None,
-                     s3: S3Options | None = None) -> ImportResult:
+                     via: Storage | None = None) -> ImportResult:
     """TU-Berlin sketches ``<root>/<class>/<n>.png`` -> id ``<class>/<n>``, sketch, label, class_split.
 
     ``root`` is the folder of class folders (in the official download, ``png/``; ``filelist.txt`` there is
     skipped). ``unseen``: a text file, one class per line -> class_split seen/unseen. Rows sorted by id.
     """
-    target = _Target(out, allowed_roots, s3)
+    target = _Target(out, allowed_roots, via)
     base = target.media_root(root, "TU-Berlin")
-    files, skipped = _class_files(base, "", s3, nested=False)
+    files, skipped = _class_files(base, "", via, nested=False)
     if not files:
         raise ImporterError(f"no sketch files under {base}; expected <root>/<class>/<n>.png")
     _check_unique(files)
@@ -248,13 +248,13 @@ def import_tu_berlin(root: str, out: str, *, unseen: str | None = None, allowed_
         "label": pa.array(labels, pa.string()),
     }
     counts = {"sketches": len(files), "classes": len(set(labels))}
-    _add_class_split(columns, counts, labels, unseen, s3)
+    _add_class_split(columns, counts, labels, unseen, via)
     counts["skipped files"] = skipped
     return target.write(pa.table(columns), "tu-berlin", root, counts)
 
 
 def import_imagefolder(root: str, out: str, *, column: str = "image", allowed_roots: list[str] | None = None,
-                       s3: S3Options | None = None) -> ImportResult:
+                       via: Storage | None = None) -> ImportResult:
     """torchvision's ImageFolder layout ``<root>/<class>/.../<file>`` -> id, ``column`` (image or sketch), label.
 
     The label is the top-level folder; files in sub-folders of a class belong to it (as in torchvision).
@@ -262,9 +262,9 @@ def import_imagefolder(root: str, out: str, *, column: str = "image", allowed_ro
     """
     if column not in ("image", "sketch"):
         raise ImporterError(f"column must be 'image' or 'sketch', not {column!r}")
-    target = _Target(out, allowed_roots, s3)
+    target = _Target(out, allowed_roots, via)
     base = target.media_root(root, "ImageFolder")
-    files, skipped = _class_files(base, "", s3, nested=True)
+    files, skipped = _class_files(base, "", via, nested=True)
     if not files:
         raise ImporterError(f"no image files under {base}; expected <root>/<class>/<file>")
     _check_unique(files)
@@ -290,11 +290,11 @@ class _ClassFile:
 class _Target:
     """Where the manifest goes, the roots its paths may point into, and how a path is written."""
 
-    def __init__(self, out: str, allowed_roots: list[str] | None, s3: S3Options | None) -> None:
+    def __init__(self, out: str, allowed_roots: list[str] | None, via: Storage | None) -> None:
         if not out.lower().endswith(".parquet"):
             raise ImporterError(f"output {out!r} must be a .parquet file")
         self.out = out
-        self.s3 = s3
+        self.via = via
         self.folder = manifest_folder(out)
         self.roots = normalise_roots(self.folder, allowed_roots)
         self.outside: list[str] = []   # media roots outside the manifest's folder (absolute paths)
@@ -325,26 +325,26 @@ class _Target:
         if self.outside:
             notes.append(f"paths under {', '.join(self.outside)} are absolute: list it under allowed_roots "
                          "in the run config")
-        write_manifest(self.out, table, {"embedeval.importer": layout, "embedeval.import_source": source}, self.s3)
+        write_manifest(self.out, table, {"embedeval.importer": layout, "embedeval.import_source": source}, self.via)
         return ImportResult(self.out, table.num_rows, tuple(table.column_names), counts, tuple(notes))
 
 
 def write_manifest(out: str, table: pa.Table, metadata: dict[str, str] | None = None,
-                   s3: S3Options | None = None) -> None:
+                   via: Storage | None = None) -> None:
     """Write ``table`` as one Parquet file at ``out`` (local or ``s3://``), atomically; polars and DuckDB read it."""
     parent, name = posixpath.split(out.rstrip("/")) if is_s3_uri(out) else (
         str(Path(out).expanduser().resolve().parent), Path(out).name)
     try:
-        Storage(parent, s3).write_parquet(name, table, metadata)
+        storage_at(parent, via).write_parquet(name, table, metadata)
     except (OSError, StorageError) as exc:
         raise ImporterError(f"cannot write the manifest {out}: {exc}") from exc
 
 
-def _class_files(base: str, under: str, s3: S3Options | None, *, nested: bool) -> tuple[list[_ClassFile], int]:
+def _class_files(base: str, under: str, via: Storage | None, *, nested: bool) -> tuple[list[_ClassFile], int]:
     """Image files at ``base/under/<class>/<file>`` (``nested``: at any depth below a class), sorted by id,
     and how many other files were skipped (not an image by suffix, hidden, or at another depth)."""
     try:
-        listed = Storage(base, s3).list_files(under)
+        listed = storage_at(base, via).list_files(under)
     except (OSError, StorageError) as exc:
         raise ImporterError(f"cannot list {base}/{under}: {exc}") from exc
     found: list[_ClassFile] = []
@@ -373,23 +373,23 @@ def _check_unique(files: list[_ClassFile]) -> None:
 
 
 def _add_class_split(columns: dict[str, pa.Array], counts: dict[str, int], labels: list[str],
-                     unseen: str | None, s3: S3Options | None) -> None:
+                     unseen: str | None, via: Storage | None) -> None:
     if unseen is None:
         return
     classes = sorted(set(labels))
-    chosen = _unseen_classes(unseen, classes, s3)
+    chosen = _unseen_classes(unseen, classes, via)
     columns["class_split"] = pa.array(["unseen" if c in chosen else "seen" for c in labels], pa.string())
     counts["unseen classes"] = len(chosen)
 
 
-def _unseen_classes(uri: str, classes: list[str], s3: S3Options | None) -> set[str]:
+def _unseen_classes(uri: str, classes: list[str], via: Storage | None) -> set[str]:
     """The class folders a one-class-per-line file names (blank lines and ``#`` comments ignored).
 
     A name matches its folder exactly, or else after ignoring case and the difference between spaces,
     ``_`` and ``-`` when that matches one folder only (lists often write ``alarm_clock`` for ``alarm clock``).
     A name that matches no folder is an error: a typo would silently make an unseen class seen.
     """
-    text = _read_bytes(uri, s3).decode("utf-8-sig", errors="replace")
+    text = _read_bytes(uri, via).decode("utf-8-sig", errors="replace")
     by_key: dict[str, list[str]] = {}
     for c in classes:
         by_key.setdefault(_class_key(c), []).append(c)
@@ -437,9 +437,9 @@ def _key(entry: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     return value
 
 
-def _read_bytes(uri: str, s3: S3Options | None) -> bytes:
+def _read_bytes(uri: str, via: Storage | None) -> bytes:
     try:
-        fs, path = make_filesystem(uri, s3)
+        fs, path = locate(uri, via)
         with fs.open_input_stream(path) as f:
             return f.read()
     except FileNotFoundError as exc:
@@ -448,8 +448,8 @@ def _read_bytes(uri: str, s3: S3Options | None) -> bytes:
         raise ImporterError(f"{uri} cannot be read: {exc}") from exc
 
 
-def _read_json(uri: str, s3: S3Options | None) -> Any:
-    data = _read_bytes(uri, s3)
+def _read_json(uri: str, via: Storage | None) -> Any:
+    data = _read_bytes(uri, via)
     try:
         return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.quarantine import QuarantineLog
-from embedeval.io.storage import S3Options, is_s3_uri, make_filesystem
+from embedeval.io.storage import Storage, is_s3_uri, locate
 
 MEDIA_COLUMNS = ("image", "sketch")
 LIST_COLUMNS = ("captions", "tags")
@@ -65,14 +65,14 @@ def manifest_folder(uri: str) -> str:
     return str(Path(uri).expanduser().resolve().parent)
 
 
-def read_raw_manifest(uri: str, s3: S3Options | None = None, *,
+def read_raw_manifest(uri: str, storage: Storage | None = None, *,
                       require_media: bool = True) -> tuple[pa.Table, QuarantineLog]:
     """Read the file into an Arrow table without validating rows. Lines that do not parse are quarantined.
 
     ``require_media``: the file must have one of the columns image, sketch, captions (off for a manifest
     whose vectors are all precomputed).
     """
-    fs, path = make_filesystem(uri, s3)
+    fs, path = locate(uri, storage)
     log = QuarantineLog()
     try:
         with fs.open_input_stream(path) as f:
@@ -229,13 +229,13 @@ def normalise_roots(manifest_dir: str, extra_roots: list[str] | None) -> list[st
     return roots
 
 
-def load_manifest(uri: str, s3: S3Options | None = None, *, allowed_roots: list[str] | None = None,
+def load_manifest(uri: str, storage: Storage | None = None, *, allowed_roots: list[str] | None = None,
                   require_media: bool = True) -> ManifestReadResult:
     """Read, validate and normalise a manifest. See the module docstring for what is quarantined.
 
     ``require_media=False`` accepts a vectors-only manifest (no image, sketch or captions column).
     """
-    raw, log = read_raw_manifest(uri, s3, require_media=require_media)
+    raw, log = read_raw_manifest(uri, storage, require_media=require_media)
     manifest_dir = manifest_folder(uri)
     roots = normalise_roots(manifest_dir, allowed_roots)
     n_raw = raw.num_rows
@@ -376,9 +376,9 @@ def _to_float(value: object) -> float | None:
         return math.nan
 
 
-def load_tag_categories(uri: str, s3: S3Options | None = None) -> dict[str, str]:
+def load_tag_categories(uri: str, storage: Storage | None = None) -> dict[str, str]:
     """A (tag, category) table from CSV or Parquet -> {tag: category}. Duplicate tags must agree."""
-    fs, path = make_filesystem(uri, s3)
+    fs, path = locate(uri, storage)
     try:
         with fs.open_input_stream(path) as f:
             data = f.read()

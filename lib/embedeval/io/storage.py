@@ -1,8 +1,11 @@
 """One interface to a root that is either a local folder or ``s3://bucket/prefix``.
 
 Every stage reads and writes through :class:`Storage`, so the same code runs against a laptop folder,
-a MinIO/rclone test server and real S3. pyarrow's S3FileSystem does the work; it ignores
-``AWS_ENDPOINT_URL``, so the endpoint is always passed explicitly from :class:`S3Options`.
+a MinIO/rclone test server and real S3. It is also the one handle that carries the S3 settings: code that
+reaches a URI outside the root (a manifest, an image, a weights file) asks the handle it was given
+(:meth:`Storage.at`, :meth:`Storage.locate`) instead of taking :class:`S3Options` itself. pyarrow's
+S3FileSystem does the work; it ignores ``AWS_ENDPOINT_URL``, so the endpoint is always passed explicitly
+from :class:`S3Options`.
 
 Secrets: credentials come from :class:`S3Options` (config) or the standard AWS environment variables /
 instance role. They are held as ``SecretStr`` and never appear in ``repr``, logs or written configs.
@@ -10,11 +13,15 @@ instance role. They are held as ``SecretStr`` and never appear in ``repr``, logs
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import posixpath
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,9 @@ _CHECKSUM_SETTINGS = {
     "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
 }
+
+
+_ENV_LOCK = threading.Lock()
 
 
 class StorageError(EmbedevalError, RuntimeError):
@@ -124,17 +134,29 @@ def _checksum_setting(name: str) -> str:
     return os.environ.get(name) or _CHECKSUM_SETTINGS[name]
 
 
-def _apply_checksum_env() -> None:
-    """Put the AWS checksum settings in the process environment if the user has not set them.
+@contextmanager
+def _checksum_env() -> Iterator[None]:
+    """The AWS checksum settings in the process environment while an S3FileSystem is made, restored after.
 
     pyarrow's S3FileSystem offers no option for them: the AWS C++ SDK inside it reads
-    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` from the environment
-    each time a client is made (a filesystem made before the variables are set keeps checksumming, one
-    made after does not). So they are set here, just before each S3FileSystem is made, rather than when
-    this module is imported; boto3 clients get the same settings through their ``Config`` instead.
+    ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` from the environment when
+    its client is made (a filesystem made without them keeps checksumming). So they are set for that
+    moment only (one thread at a time), and the environment is as it was afterwards: neither importing
+    this module nor making a filesystem changes the process environment. A value the user set is kept.
+    boto3 clients get the same settings through their ``Config`` instead.
     """
-    for name in _CHECKSUM_SETTINGS:
-        os.environ[name] = _checksum_setting(name)
+    with _ENV_LOCK:
+        saved = {name: os.environ.get(name) for name in _CHECKSUM_SETTINGS}
+        for name in _CHECKSUM_SETTINGS:
+            os.environ[name] = _checksum_setting(name)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
@@ -163,8 +185,18 @@ def _s3_filesystem(s3: S3Options) -> pafs.S3FileSystem:
         kwargs["secret_key"] = s3.secret_access_key.get_secret_value()
         if s3.session_token:
             kwargs["session_token"] = s3.session_token.get_secret_value()
-    _apply_checksum_env()
-    return pafs.S3FileSystem(**kwargs)
+    with _checksum_env():
+        return pafs.S3FileSystem(**kwargs)
+
+
+def storage_at(uri: str, via: "Storage | None" = None) -> "Storage":
+    """A handle rooted at ``uri`` with the S3 settings of ``via`` (None: the AWS environment's)."""
+    return Storage(uri) if via is None else via.at(uri)
+
+
+def locate(uri: str, via: "Storage | None" = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of ``uri``, reached with the S3 settings of ``via`` (None: the environment's)."""
+    return make_filesystem(uri, None if via is None else via.s3)
 
 
 @dataclass
@@ -208,6 +240,14 @@ class Storage:
     def child(self, *parts: str) -> "Storage":
         return Storage(self.uri(*parts), self.s3)
 
+    def at(self, uri: str) -> "Storage":
+        """A handle rooted at any other URI (local or s3://), reached with this handle's S3 settings."""
+        return Storage(uri, self.s3)
+
+    def locate(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """The filesystem and path of any URI (a manifest, an image, a weights file) with these S3 settings."""
+        return make_filesystem(uri, self.s3)
+
     # --- queries -----------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         info = self._call(self.fs.get_file_info, self.path(rel))
@@ -248,6 +288,7 @@ class Storage:
 
     # --- writes ------------------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write one file atomically: temp file + rename on local disk, one PUT on S3."""
         target = self.path(rel)
         if self.is_s3:
             # The upload happens on close, so the whole write goes through _call to name the URI on failure.
@@ -268,15 +309,20 @@ class Storage:
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
-    def write_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
-        """Write one Parquet file atomically (buffered in memory: callers keep files to a few hundred MB)."""
+    def write_parquet(self, rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> str:
+        """Write one Parquet file atomically (buffered in memory: callers keep files to a few hundred MB).
+
+        Returns the sha256 of the bytes written (what a commit marker lists, see :mod:`embedeval.io.commit`).
+        """
         if metadata:
             merged = dict(table.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})
             table = table.replace_schema_metadata(merged)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        self.write_bytes(rel, buf.getvalue())
+        data = buf.getvalue()
+        self.write_bytes(rel, data)
+        return hashlib.sha256(data).hexdigest()
 
     def delete_dir(self, rel: str) -> None:
         """Remove everything under ``rel`` (no error if it is absent)."""

@@ -1,7 +1,7 @@
 """What every embedding model looks like to the pipeline, whatever library it comes from.
 
-The pipeline only ever calls :func:`embedeval.models.registry.load_model` and the methods below, so a new
-model family is one new module plus one entry in the registry.
+The pipeline only ever calls :mod:`embedeval.models.registry` and the methods below, so a new model
+family is one new module (a :class:`~embedeval.models.family.ModelFamily` that registers itself).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ModelInfo:
     """Facts about a loaded model that go into every output it produces (file metadata, scores, report)."""
 
     spec: str                      # what the user wrote, e.g. "open_clip:ViT-B-32:laion2b_s34b_b79k"
-    family: str                    # "torchvision" | "open_clip" | "precomputed" | "builtin"
+    family: str                    # the family's name: "torchvision", "open_clip", "precomputed", "builtin", ...
     architecture: str              # "resnet50", "ViT-B-32", ...
     weights_source: str            # "random", "hub:IMAGENET1K_V1", "file:/abs/path.pt", "s3://b/k.pt", ...
     weights_sha256: str | None     # checksum of the weights file actually loaded (None for random/builtin)

@@ -22,11 +22,14 @@ pixels and the area features stay near zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image
 
 from embedeval.models.base import IMAGE_MODALITIES, ModelError, ModelInfo
-from embedeval.models.spec import LoadOptions, ParsedSpec
+from embedeval.models.family import ModelFamily, register_family
+from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean
 
 FAMILY = "builtin"
 FORMS = ("builtin:pixelstats",)
@@ -47,17 +50,27 @@ PREPROCESSING = (f"pixelstats-v1: RGB, resize {SIZE}x{SIZE} bilinear, scale to [
                  f"border-median background, threshold {_FG_THRESHOLD}")
 
 
-def parse(spec: str, rest: str) -> ParsedSpec:
-    if rest not in BUILTINS:
-        from embedeval.models.spec import did_you_mean
+class BuiltinFamily(ModelFamily):
+    """Hand-written embedders: no weights, so describing one costs nothing and loading one little."""
 
-        raise ModelError(f"model spec {spec!r}: unknown builtin {rest!r}{did_you_mean(rest, BUILTINS)}; "
-                         f"builtins: {', '.join(BUILTINS)}")
-    return ParsedSpec(spec=spec, family=FAMILY, architecture=rest, weights="builtin")
+    name = FAMILY
+    forms = FORMS
+    modalities = IMAGE_MODALITIES
 
+    def parse(self, spec: str, rest: str) -> ParsedSpec:
+        if rest not in BUILTINS:
+            raise ModelError(f"model spec {spec!r}: unknown builtin {rest!r}{did_you_mean(rest, BUILTINS)}; "
+                             f"builtins: {', '.join(BUILTINS)}")
+        return ParsedSpec(spec=spec, family=FAMILY, architecture=rest, weights="builtin", kind="builtin")
 
-def load(parsed: ParsedSpec, opts: LoadOptions) -> "PixelStatsModel":
-    return PixelStatsModel(parsed.spec)
+    def load(self, parsed: ParsedSpec, opts: LoadOptions) -> "PixelStatsModel":
+        return PixelStatsModel(parsed.spec)
+
+    def describe(self, parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo:
+        return PixelStatsModel(parsed.spec).info
+
+    def preprocessor(self, parsed: ParsedSpec, opts: LoadOptions) -> Callable[[Image.Image], np.ndarray]:
+        return PixelStatsModel(parsed.spec).preprocess_image
 
 
 class PixelStatsModel:
@@ -171,3 +184,6 @@ def _shape(fg: np.ndarray) -> np.ndarray:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+register_family(BuiltinFamily())

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from embedeval.models.base import ALL_MODALITIES, ModelError, ModelInfo
+from embedeval.models.family import ModelFamily, register_family
 from embedeval.models.inference import image_batch_tensor, run_batch, transform_to_chw
 from embedeval.models.spec import (
     WEIGHTS_RANDOM,
@@ -47,6 +48,7 @@ FORMS = (
     "open_clip:<arch>:random",
 )
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"
+log = logging.getLogger(__name__)
 
 
 def parse(spec: str, rest: str) -> ParsedSpec:
@@ -76,25 +78,61 @@ def parse(spec: str, rest: str) -> ParsedSpec:
 
 def load(parsed: ParsedSpec, opts: LoadOptions) -> "OpenClipModel":
     """Build the model, load its weights (tag/file/s3/random), return it in eval mode on the device."""
+    tag_cfg = _tag_config(parsed)
+    weights = _weights_file(parsed, opts, tag_cfg)
+    seed = random_seed_for(parsed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, transform, tokenizer = _build(parsed, tag_cfg)
+    if weights is not None:
+        state = _adapt_state_dict(model, load_state_dict_file(weights.path, spec=parsed.spec))
+        load_into_module(model, state, spec=parsed.spec, path=weights.path)
+    model.eval().to(opts.device)
+    return OpenClipModel(_info(parsed, tag_cfg, weights, transform, tokenizer), model, transform, tokenizer,
+                         opts.device)
+
+
+def describe(parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo | None:
+    """What :func:`load` reports, without loading weights: the model is built on torch's ``meta`` device
+    (its transforms and tokenizer are real, its tensors hold no memory) and the weights file is only
+    checksummed. None when the architecture cannot be built on ``meta`` (then the registry loads it)."""
+    tag_cfg = _tag_config(parsed)
+    try:
+        with torch.device("meta"):
+            _, transform, tokenizer = _build(parsed, tag_cfg, device="meta")
+    except Exception as exc:  # noqa: BLE001 - some towers need real tensors at build time: load instead
+        log.info("%s: cannot be described without loading (%s: %s)", parsed.spec, type(exc).__name__, exc)
+        return None
+    return _info(parsed, tag_cfg, _weights_file(parsed, opts, tag_cfg), transform, tokenizer)
+
+
+def _tag_config(parsed: ParsedSpec) -> dict[str, Any]:
+    import open_clip
+
+    return open_clip.get_pretrained_cfg(parsed.architecture, parsed.weights) if parsed.weights_kind == "hub" else {}
+
+
+def _weights_file(parsed: ParsedSpec, opts: LoadOptions, tag_cfg: dict[str, Any]) -> WeightsFile | None:
+    """The local weights file and its checksum (None for random weights)."""
+    if parsed.weights_kind == "hub":
+        return _tag_weights(parsed, tag_cfg)
+    if parsed.weights_kind == WEIGHTS_RANDOM:
+        return None
+    return fetch_weights_file(parsed.weights, spec=parsed.spec, storage=opts.storage, cache_dir=opts.cache_dir)
+
+
+def _build(parsed: ParsedSpec, tag_cfg: dict[str, Any], device: str = "cpu") -> tuple[nn.Module, Any, Any]:
+    """(model, eval transform, tokenizer) as open_clip builds them, with no weights (``pretrained=None``)."""
     import open_clip
 
     arch = parsed.architecture
-    kind = parsed.weights_kind
-    tag_cfg: dict[str, Any] = open_clip.get_pretrained_cfg(arch, parsed.weights) if kind == "hub" else {}
-    weights: WeightsFile | None = None
-    if kind == "hub":
-        weights = _tag_weights(parsed, tag_cfg)
-    elif kind != WEIGHTS_RANDOM:
-        weights = fetch_weights_file(parsed.weights, spec=parsed.spec, s3=opts.s3, cache_dir=opts.cache_dir)
-
-    seed = random_seed_for(parsed)
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
-            torch.manual_seed(seed)
+        with _quiet_random_init_warning():
             model, _, transform = open_clip.create_model_and_transforms(
                 arch,
                 pretrained=None,
                 pretrained_text=False,  # never fetch tower weights behind the user's back
+                device=device,
                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                 image_mean=tag_cfg.get("mean"),
                 image_std=tag_cfg.get("std"),
@@ -106,19 +144,20 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "OpenClipModel":
         raise
     except Exception as exc:  # e.g. HF text towers whose config cannot be fetched offline
         raise ModelError(f"{parsed.spec}: open_clip could not build {arch}: {type(exc).__name__}: {exc}") from exc
+    return model, transform, tokenizer
 
+
+def _info(parsed: ParsedSpec, tag_cfg: dict[str, Any], weights: WeightsFile | None, transform: Any,
+          tokenizer: Any) -> ModelInfo:
+    import open_clip
+
+    arch = parsed.architecture
     extra = {"open_clip_version": open_clip.__version__}
     if weights is None:
-        extra["random_seed"] = str(seed)
-    else:
-        state = _adapt_state_dict(model, load_state_dict_file(weights.path, spec=parsed.spec))
-        load_into_module(model, state, spec=parsed.spec, path=weights.path)
+        extra["random_seed"] = str(random_seed_for(parsed))
     if tag_cfg.get("quick_gelu"):
         extra["quick_gelu"] = "true"
-    model.eval().to(opts.device)
-
-    dim = int(open_clip.get_model_config(arch)["embed_dim"])
-    info = ModelInfo(
+    return ModelInfo(
         spec=parsed.spec,
         family=FAMILY,
         architecture=arch,
@@ -127,11 +166,10 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "OpenClipModel":
         weights_random=weights is None,
         preprocessing=(f"open_clip {arch} image: {' '.join(repr(transform).split())}; "
                        f"text: {type(tokenizer).__name__}(context_length={tokenizer.context_length})"),
-        dim=dim,
+        dim=int(open_clip.get_model_config(arch)["embed_dim"]),
         modalities=ALL_MODALITIES,
         extra=extra,
     )
-    return OpenClipModel(info, model, transform, tokenizer, opts.device)
 
 
 class OpenClipModel:
@@ -262,3 +300,17 @@ def _quiet_random_init_warning() -> Iterator[None]:
         yield
     finally:
         root.removeFilter(flt)
+
+
+class OpenClipFamily(ModelFamily):
+    """The functions above, declared as a family."""
+
+    name = FAMILY
+    forms = FORMS
+    modalities = ALL_MODALITIES
+    parse = staticmethod(parse)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+
+register_family(OpenClipFamily())

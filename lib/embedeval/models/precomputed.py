@@ -29,8 +29,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from embedeval.io.storage import S3Options, Storage, StorageError, is_s3_uri
+from embedeval.io.storage import Storage, StorageError, is_s3_uri, storage_at
 from embedeval.models.base import ALL_MODALITIES, ModelError, ModelInfo
+from embedeval.models.family import ModelFamily, register_family
 from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean
 
 FAMILY = "precomputed"
@@ -68,7 +69,7 @@ def parse(spec: str, rest: str) -> ParsedSpec:
     if "dim" in options and not (options["dim"].isdigit() and int(options["dim"]) > 0):
         raise ModelError(f"model spec {spec!r}: dim must be a positive integer, got {options['dim']!r}")
     return ParsedSpec(spec=spec, family=FAMILY, architecture=options.get("arch", "precomputed"), weights=uri,
-                      options=options)
+                      options=options, kind="data")
 
 
 def load(parsed: ParsedSpec, opts: LoadOptions) -> "PrecomputedModel":
@@ -80,7 +81,7 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "PrecomputedModel":
     if dim is not None and dim_hint is not None and dim != dim_hint:
         raise ModelError(f"{parsed.spec}: the spec says dim={dim} but dim_hint={dim_hint}")
     dim = dim if dim is not None else dim_hint
-    storage, files = _parquet_files(uri, opts.s3)
+    storage, files = _parquet_files(uri, opts.storage)
     modalities = _modalities(storage, files, uri)
     if dim is None:
         dim = _first_vector_length(storage, files, uri)
@@ -96,24 +97,24 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "PrecomputedModel":
         modalities=modalities,
         extra={"files": str(len(files))},
     )
-    return PrecomputedModel(info, uri, opts.s3)
+    return PrecomputedModel(info, uri, opts.storage)
 
 
 class PrecomputedModel:
     """Stands in for a model whose vectors already exist; it computes nothing."""
 
-    def __init__(self, info: ModelInfo, uri: str, s3: S3Options | None) -> None:
+    def __init__(self, info: ModelInfo, uri: str, storage: Storage | None) -> None:
         self.info = info
         self.uri = uri
-        self.s3 = s3
+        self.storage = storage
 
     def load_vectors(self, modality: str) -> PrecomputedRows:
         """This model's good and bad rows for ``modality``, checked against ``info.dim``."""
-        return load_precomputed_rows(self.uri, self.s3, modality, dim=self.info.dim)
+        return load_precomputed_rows(self.uri, self.storage, modality, dim=self.info.dim)
 
     def keys(self, modality: str) -> pa.Table:
         """The distinct (id, sub) this model has rows for in ``modality`` (see :func:`read_precomputed_keys`)."""
-        return read_precomputed_keys(self.uri, self.s3, modality)
+        return read_precomputed_keys(self.uri, self.storage, modality)
 
     def preprocess_image(self, image: Image.Image) -> np.ndarray:
         raise self._refuse()
@@ -129,31 +130,33 @@ class PrecomputedModel:
                           "import them with load_vectors() / load_precomputed_vectors()")
 
 
-def load_precomputed_vectors(uri: str, s3: S3Options | None = None, modality: str = DEFAULT_MODALITY,
+def load_precomputed_vectors(uri: str, storage: Storage | None = None, modality: str = DEFAULT_MODALITY,
                              dim: int | None = None) -> pa.Table:
-    """The usable rows for ``modality``: id (string), sub (int16), vector (fixed_size_list<float32>[d])."""
-    return load_precomputed_rows(uri, s3, modality, dim=dim).good
+    """The usable rows for ``modality``: id (string), sub (int16), vector (fixed_size_list<float32>[d]).
+
+    ``storage`` is the handle whose S3 settings reach an s3:// ``uri`` (None: the AWS environment's)."""
+    return load_precomputed_rows(uri, storage, modality, dim=dim).good
 
 
-def load_precomputed_rows(uri: str, s3: S3Options | None = None, modality: str = DEFAULT_MODALITY,
+def load_precomputed_rows(uri: str, storage: Storage | None = None, modality: str = DEFAULT_MODALITY,
                           dim: int | None = None) -> PrecomputedRows:
     """Read ``uri`` and split its ``modality`` rows into good and bad (see :func:`split_precomputed_rows`)."""
-    return split_precomputed_rows(read_precomputed_table(uri, s3, modality), dim=dim)
+    return split_precomputed_rows(read_precomputed_table(uri, storage, modality), dim=dim)
 
 
-def read_precomputed_table(uri: str, s3: S3Options | None = None, modality: str = DEFAULT_MODALITY) -> pa.Table:
+def read_precomputed_table(uri: str, storage: Storage | None = None, modality: str = DEFAULT_MODALITY) -> pa.Table:
     """The raw rows of ``modality``: id (string), sub (int16), vector (list<float32>), file, row.
 
     Memory: the whole selection is held in memory (vectors as float32).
     """
     if modality not in ALL_MODALITIES:
         raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(ALL_MODALITIES)}")
-    storage, files = _parquet_files(uri, s3)
+    storage, files = _parquet_files(uri, storage)
     tables = [_read_file(storage, rel, uri, modality) for rel in files]
     return pa.concat_tables(tables) if tables else _empty_raw()
 
 
-def read_precomputed_keys(uri: str, s3: S3Options | None = None, modality: str = DEFAULT_MODALITY) -> pa.Table:
+def read_precomputed_keys(uri: str, storage: Storage | None = None, modality: str = DEFAULT_MODALITY) -> pa.Table:
     """The distinct (id, sub) of ``modality``'s rows, good or bad, without their vectors.
 
     What a vectors-only manifest embeds: rows without an id are left out (they match no manifest item);
@@ -161,7 +164,7 @@ def read_precomputed_keys(uri: str, s3: S3Options | None = None, modality: str =
     """
     if modality not in ALL_MODALITIES:
         raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(ALL_MODALITIES)}")
-    storage, files = _parquet_files(uri, s3)
+    storage, files = _parquet_files(uri, storage)
     parts = []
     for rel in files:
         names = _schema(storage, rel).names
@@ -263,13 +266,13 @@ def _dense(vectors: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(len(vectors), dim)
 
 
-def _parquet_files(uri: str, s3: S3Options | None) -> tuple[Storage, list[str]]:
+def _parquet_files(uri: str, via: Storage | None) -> tuple[Storage, list[str]]:
     """A Storage rooted where the data is and the sorted Parquet files (relative paths) to read."""
     try:
-        storage = Storage(uri, s3)
+        storage = storage_at(uri, via)
         kind = storage.fs.get_file_info(storage.path("")).type
         if kind == pafs.FileType.File:
-            return Storage(posixpath.dirname(storage.root), s3), [posixpath.basename(storage.root)]
+            return storage.at(posixpath.dirname(storage.root)), [posixpath.basename(storage.root)]
         if kind == pafs.FileType.Directory:
             files = [f for f in storage.list_files(suffix=".parquet")
                      if not posixpath.basename(f).startswith(("_", "."))]
@@ -361,3 +364,20 @@ def _first_vector_length(storage: Storage, files: list[str], uri: str) -> int:
             raise ModelError(f"precomputed vectors: cannot read {storage.uri(rel)}: {exc}") from exc
     raise ModelError(f"precomputed vectors under {uri}: no non-null vector to take the dimension from; "
                      "add ?dim=<d> to the spec")
+
+
+class PrecomputedFamily(ModelFamily):
+    """Vectors made elsewhere: imported by the pipeline, never embedded or cached."""
+
+    name = FAMILY
+    forms = FORMS
+    modalities = ALL_MODALITIES
+    embeds = False
+    parse = staticmethod(parse)
+    load = staticmethod(load)
+
+    def describe(self, parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo:
+        return load(parsed, opts).info   # loading reads only file schemas and a modality column
+
+
+register_family(PrecomputedFamily())

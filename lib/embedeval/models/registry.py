@@ -1,9 +1,8 @@
-"""One factory from a spec string to a loaded model, and the registry of families it dispatches to.
+"""One factory from a spec string to a model, over the families of :mod:`embedeval.models.family`.
 
-A spec is ``<family>:<rest>``; each family module parses and validates its own ``<rest>`` and loads the
-model. Adding a family is adding a module with ``FORMS``, ``parse(spec, rest)`` and
-``load(parsed, opts)`` and one line in :data:`FAMILIES`. Family modules are imported only when used, so
-validating ``builtin:pixelstats`` never imports open_clip.
+A spec is ``<family>:<rest>``; the family named parses and validates ``<rest>``, describes and loads the
+model. Adding a family is one module (see ARCHITECTURE.md, "Add a model family"); this module never
+names one.
 
 Examples: ``torchvision:resnet50``, ``torchvision:vit_b_16:IMAGENET1K_V1``, ``torchvision:resnet18:random``,
 ``open_clip:ViT-B-32:laion2b_s34b_b79k``, ``open_clip:ViT-B-32:s3://bucket/weights.pt``,
@@ -12,35 +11,47 @@ Examples: ``torchvision:resnet50``, ``torchvision:vit_b_16:IMAGENET1K_V1``, ``to
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-from embedeval.io.storage import S3Options
-from embedeval.models.base import EmbeddingModel, ModelError
+from embedeval.io.storage import Storage
+from embedeval.models.base import EmbeddingModel, ModelError, ModelInfo
+from embedeval.models.family import ModelFamily, family_names, find_family
 from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean, resolve_device
 
-__all__ = ["FAMILIES", "ParsedSpec", "describe_spec", "load_model", "spec_forms"]
-
-# family name -> module implementing it
-FAMILIES: dict[str, str] = {
-    "torchvision": "embedeval.models.torchvision_models",
-    "open_clip": "embedeval.models.open_clip_models",
-    "precomputed": "embedeval.models.precomputed",
-    "builtin": "embedeval.models.builtin",
-}
-
-
-def _family_module(name: str) -> ModuleType:
-    return importlib.import_module(FAMILIES[name])
+__all__ = ["ParsedSpec", "describe_model", "describe_spec", "family_of", "load_model", "load_preprocessor",
+           "spec_forms"]
 
 
 def spec_forms() -> list[str]:
-    """Every valid spec form, for help texts and error messages."""
-    return [form for name in FAMILIES for form in _family_module(name).FORMS]
+    """Every valid spec form, for help texts and error messages (imports every built-in family)."""
+    return [form for name in family_names() for form in (find_family(name) or _missing(name)).forms]
+
+
+def _missing(name: str) -> ModelFamily:
+    raise ModelError(f"model family {name!r} did not register itself when its module was imported")
+
+
+def _split(spec: str) -> tuple[ModelFamily, str, str]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError(f"empty model spec {spec!r}; valid forms: {'; '.join(spec_forms())}")
+    spec = spec.strip()
+    name, sep, rest = spec.partition(":")
+    family = find_family(name)
+    if family is None:
+        names = family_names()
+        raise ModelError(f"model spec {spec!r}: unknown model family {name!r}{did_you_mean(name, names)}. "
+                         f"Families: {', '.join(names)}. Valid forms: {'; '.join(spec_forms())}")
+    if not sep or not rest:
+        raise ModelError(f"model spec {spec!r} is incomplete; valid forms: {'; '.join(family.forms)}")
+    return family, spec, rest
+
+
+def family_of(spec: str) -> ModelFamily:
+    """The family a spec names (:class:`ModelError` for an unknown family); validates nothing else."""
+    return _split(spec)[0]
 
 
 def describe_spec(spec: str) -> ParsedSpec:
@@ -49,48 +60,46 @@ def describe_spec(spec: str) -> ParsedSpec:
     Raises :class:`ModelError` naming the spec, listing the valid forms, and suggesting close names for
     typos (``torchvision:resnet05`` -> did you mean 'resnet50').
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ModelError(f"empty model spec {spec!r}; valid forms: {'; '.join(spec_forms())}")
-    spec = spec.strip()
-    family, sep, rest = spec.partition(":")
-    if family not in FAMILIES:
-        hint = did_you_mean(family, FAMILIES)
-        raise ModelError(f"model spec {spec!r}: unknown model family {family!r}{hint}. "
-                         f"Families: {', '.join(FAMILIES)}. Valid forms: {'; '.join(spec_forms())}")
-    if not sep or not rest:
-        forms = "; ".join(_family_module(family).FORMS)
-        raise ModelError(f"model spec {spec!r} is incomplete; valid forms: {forms}")
-    return _family_module(family).parse(spec, rest)
+    family, spec, rest = _split(spec)
+    return family.parse(spec, rest)
 
 
-def load_model(spec: str, *, device: str = "cpu", s3: S3Options | None = None, cache_dir: str | None = None,
+def _options(device: str, storage: Storage | None, cache_dir: str | None, dim_hint: int | None) -> LoadOptions:
+    return LoadOptions(device=resolve_device(device), storage=storage, cache_dir=cache_dir, dim_hint=dim_hint)
+
+
+def load_model(spec: str, *, device: str = "cpu", storage: Storage | None = None, cache_dir: str | None = None,
                dim_hint: int | None = None) -> EmbeddingModel:
     """Load the model ``spec`` names, in eval mode on ``device`` ("cpu", "cuda", "cuda:<n>" or "auto").
 
-    ``s3`` reaches s3:// weights or data; s3:// weights are copied to ``cache_dir`` (default
-    ``~/.cache/embedeval/weights``). ``dim_hint`` is the dimension the caller expects: for precomputed
-    vectors it is the dimension to check rows against, for other families a mismatch is an error (it
-    catches a config that pairs a model with embeddings made by another).
+    ``storage`` reaches s3:// weights or data with its S3 settings (None: the AWS environment's); s3://
+    weights are copied to ``cache_dir`` (default ``~/.cache/embedeval/weights``). ``dim_hint`` is the
+    dimension the caller expects: for precomputed vectors it is the dimension to check rows against, for
+    other families a mismatch is an error (it catches a config that pairs a model with embeddings made by
+    another).
     """
     parsed = describe_spec(spec)
-    opts = LoadOptions(device=resolve_device(device), s3=s3, cache_dir=cache_dir, dim_hint=dim_hint)
-    model = _family_module(parsed.family).load(parsed, opts)
+    model = family_of(spec).load(parsed, _options(device, storage, cache_dir, dim_hint))
     if dim_hint is not None and model.info.dim != dim_hint:
         raise ModelError(f"{parsed.spec}: embeds into {model.info.dim} dimensions but {dim_hint} were expected")
     return model
 
 
-def load_preprocessor(spec: str, *, s3: S3Options | None = None,
+def describe_model(spec: str, *, storage: Storage | None = None, cache_dir: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` a loaded model would carry (dimension, weights checksum, preprocessing),
+    without loading its weights where the family can tell; otherwise from a CPU replica."""
+    parsed = describe_spec(spec)
+    opts = LoadOptions(device="cpu", storage=storage, cache_dir=cache_dir)
+    info = family_of(spec).describe(parsed, opts)
+    return info if info is not None else family_of(spec).load(parsed, opts).info
+
+
+def load_preprocessor(spec: str, *, storage: Storage | None = None,
                       cache_dir: str | None = None) -> Callable[[Image.Image], np.ndarray]:
     """The model's own image preprocessing (PIL RGB -> float32 CHW), without loading weights where possible.
 
     The pipeline's CPU prepare stage needs only this; loading a large model there just for its transforms
-    would cost memory and start-up time on every prepare actor. Families that can build their transforms
-    from the spec alone say so with a ``load_preprocessor(parsed)`` function; the others fall back to a
-    CPU replica of the model.
+    would cost memory and start-up time on every prepare actor.
     """
     parsed = describe_spec(spec)
-    module = _family_module(parsed.family)
-    if hasattr(module, "load_preprocessor"):
-        return module.load_preprocessor(parsed)
-    return load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir).preprocess_image
+    return family_of(spec).preprocessor(parsed, LoadOptions(device="cpu", storage=storage, cache_dir=cache_dir))

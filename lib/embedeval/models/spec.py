@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from embedeval.io.storage import S3Options
+from embedeval.io.storage import Storage
 from embedeval.models.base import ModelError
 
 WEIGHTS_DEFAULT = "default"
@@ -26,6 +26,7 @@ class ParsedSpec:
     ``weights`` is ``"default"`` (the family's default pretrained weights), ``"random"``, a hub tag or
     weights-enum name, a local path or an ``s3://`` URI (for ``precomputed`` the data URI), or ``"builtin"``.
     ``options`` holds ``?key=value`` suffixes that a family accepts (``precomputed:<uri>?dim=512``).
+    ``kind`` is set by a family whose ``weights`` field is not a weights reference (``data``, ``builtin``).
     """
 
     spec: str
@@ -33,14 +34,13 @@ class ParsedSpec:
     architecture: str
     weights: str
     options: dict[str, str] = field(default_factory=dict)
+    kind: str | None = None
 
     @property
     def weights_kind(self) -> str:
-        """One of ``default``, ``random``, ``file``, ``s3``, ``hub``, ``builtin``, ``data``."""
-        if self.family == "precomputed":
-            return "data"
-        if self.family == "builtin":
-            return "builtin"
+        """One of ``default``, ``random``, ``file``, ``s3``, ``hub``, or the family's own ``kind``."""
+        if self.kind is not None:
+            return self.kind
         if self.weights in (WEIGHTS_DEFAULT, WEIGHTS_RANDOM):
             return self.weights
         if self.weights.startswith("s3://"):
@@ -55,7 +55,7 @@ class LoadOptions:
     """What :func:`embedeval.models.registry.load_model` passes to a family's loader."""
 
     device: str                    # a resolved torch device string: "cpu" or "cuda"
-    s3: S3Options | None = None
+    storage: Storage | None = None  # reaches s3:// weights or data with its S3 settings (None: the AWS defaults)
     cache_dir: str | None = None   # where s3:// weights are copied; None -> ~/.cache/embedeval/weights
     dim_hint: int | None = None    # the dimension the caller expects (precomputed rows are checked against it)
 

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from embedeval.models.base import IMAGE_MODALITIES, ModelError, ModelInfo
+from embedeval.models.family import ModelFamily, register_family
 from embedeval.models.inference import image_batch_tensor, run_batch, transform_to_chw
 from embedeval.models.spec import (
     WEIGHTS_DEFAULT,
@@ -90,11 +91,7 @@ def parse(spec: str, rest: str) -> ParsedSpec:
 
 def load_preprocessor(parsed: ParsedSpec) -> Callable[[Image.Image], np.ndarray]:
     """The weights enum's transforms as PIL -> float32 CHW; builds no model and reads no weights file."""
-    import torchvision
-
-    enum_cls = torchvision.models.get_model_weights(parsed.architecture)
-    reference = enum_cls[parsed.weights] if parsed.weights_kind == "hub" else enum_cls.DEFAULT
-    transform = reference.transforms()
+    transform = _reference_weights(parsed).transforms()
     return lambda image: transform_to_chw(transform, image)
 
 
@@ -102,26 +99,15 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "TorchvisionModel":
     """Build the architecture, load its weights (hub/file/s3/random), remove the head, move to device."""
     import torchvision
 
-    arch = parsed.architecture
-    enum_cls = torchvision.models.get_model_weights(arch)
-    kind = parsed.weights_kind
-    reference = enum_cls[parsed.weights] if kind == "hub" else enum_cls.DEFAULT
+    reference = _reference_weights(parsed)
     seed = random_seed_for(parsed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=None, **_build_kwargs(arch, reference))
-
-    extra = {"torchvision_version": torchvision.__version__, "reference_weights": reference.name}
-    if kind == WEIGHTS_RANDOM:
-        weights: WeightsFile | None = None
-        extra["random_seed"] = str(seed)
-    elif kind == "hub":
-        weights = _hub_weights(parsed, reference)
-    else:
-        weights = fetch_weights_file(parsed.weights, spec=parsed.spec, s3=opts.s3, cache_dir=opts.cache_dir)
-
+        model = torchvision.models.get_model(parsed.architecture, weights=None,
+                                             **_build_kwargs(parsed.architecture, reference))
+    weights = _weights_file(parsed, opts, reference)
     head_name = _last_linear_name(model, parsed.spec)
-    dim = int(model.get_submodule(head_name).in_features)
+    info = _info(parsed, reference, weights, model, head_name)   # before the head goes: dim is its input width
     if weights is not None:
         state = _rename_legacy_keys(load_state_dict_file(weights.path, spec=parsed.spec))
         missing, unexpected = key_mismatch(model, state)
@@ -131,22 +117,60 @@ def load(parsed: ParsedSpec, opts: LoadOptions) -> "TorchvisionModel":
         load_into_module(model, state, spec=parsed.spec, path=weights.path)
     _replace_module(model, head_name, nn.Identity())
     model.eval().to(opts.device)
-    extra["removed_head"] = head_name
+    return TorchvisionModel(info, model, reference.transforms(), opts.device)
 
-    transform = reference.transforms()
-    info = ModelInfo(
+
+def describe(parsed: ParsedSpec, opts: LoadOptions) -> ModelInfo:
+    """What :func:`load` reports, without loading weights: the architecture is built on torch's ``meta``
+    device (shapes only, no memory) for its dimension, and the weights file is only checksummed."""
+    import torchvision
+
+    reference = _reference_weights(parsed)
+    with torch.device("meta"):
+        model = torchvision.models.get_model(parsed.architecture, weights=None,
+                                             **_build_kwargs(parsed.architecture, reference))
+    weights = _weights_file(parsed, opts, reference)
+    return _info(parsed, reference, weights, model, _last_linear_name(model, parsed.spec))
+
+
+def _reference_weights(parsed: ParsedSpec) -> Any:
+    """The weights enum member whose constructor arguments and transforms a model uses (DEFAULT unless named)."""
+    import torchvision
+
+    enum_cls = torchvision.models.get_model_weights(parsed.architecture)
+    return enum_cls[parsed.weights] if parsed.weights_kind == "hub" else enum_cls.DEFAULT
+
+
+def _weights_file(parsed: ParsedSpec, opts: LoadOptions, reference: Any) -> WeightsFile | None:
+    """The local weights file of a spec and its checksum (None for random weights)."""
+    kind = parsed.weights_kind
+    if kind == WEIGHTS_RANDOM:
+        return None
+    if kind == "hub":
+        return _hub_weights(parsed, reference)
+    return fetch_weights_file(parsed.weights, spec=parsed.spec, storage=opts.storage, cache_dir=opts.cache_dir)
+
+
+def _info(parsed: ParsedSpec, reference: Any, weights: WeightsFile | None, model: nn.Module,
+          head_name: str) -> ModelInfo:
+    import torchvision
+
+    extra = {"torchvision_version": torchvision.__version__, "reference_weights": reference.name}
+    if weights is None:
+        extra["random_seed"] = str(random_seed_for(parsed))
+    extra["removed_head"] = head_name
+    return ModelInfo(
         spec=parsed.spec,
         family=FAMILY,
-        architecture=arch,
+        architecture=parsed.architecture,
         weights_source=weights.source if weights else WEIGHTS_RANDOM,
         weights_sha256=weights.sha256 if weights else None,
         weights_random=weights is None,
-        preprocessing=f"torchvision {reference}.transforms(): {_describe_transform(transform)}",
-        dim=dim,
+        preprocessing=f"torchvision {reference}.transforms(): {_describe_transform(reference.transforms())}",
+        dim=int(model.get_submodule(head_name).in_features),
         modalities=IMAGE_MODALITIES,
         extra=extra,
     )
-    return TorchvisionModel(info, model, transform, opts.device)
 
 
 class TorchvisionModel:
@@ -222,3 +246,20 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def _describe_transform(transform: Any) -> str:
     # repr spans lines; one line keeps the metadata value readable and the cache key stable.
     return " ".join(repr(transform).split())
+
+
+class TorchvisionFamily(ModelFamily):
+    """The functions above, declared as a family."""
+
+    name = FAMILY
+    forms = FORMS
+    modalities = IMAGE_MODALITIES
+    parse = staticmethod(parse)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+    def preprocessor(self, parsed: ParsedSpec, opts: LoadOptions) -> Callable[[Image.Image], np.ndarray]:
+        return load_preprocessor(parsed)
+
+
+register_family(TorchvisionFamily())

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from embedeval.io.storage import S3Options, Storage, StorageError
+from embedeval.io.storage import Storage, StorageError, storage_at
 from embedeval.models.base import ModelError
 
 _CHUNK = 8 * 1024 * 1024
@@ -56,11 +56,12 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def fetch_weights_file(ref: str, *, spec: str, s3: S3Options | None = None,
+def fetch_weights_file(ref: str, *, spec: str, storage: Storage | None = None,
                        cache_dir: str | None = None) -> WeightsFile:
-    """A local path or ``s3://`` URI -> a local file with its checksum (s3 objects are copied first)."""
+    """A local path or ``s3://`` URI -> a local file with its checksum (s3 objects are copied first,
+    reached with ``storage``'s S3 settings)."""
     if ref.startswith("s3://"):
-        path = copy_s3_to_cache(ref, spec=spec, s3=s3, cache_dir=cache_dir)
+        path = copy_s3_to_cache(ref, spec=spec, storage=storage, cache_dir=cache_dir)
         return WeightsFile(path=path, source=ref, sha256=sha256_file(path))
     local = ref[len("file://"):] if ref.startswith("file://") else ref
     path = str(Path(local).expanduser().resolve())
@@ -77,7 +78,7 @@ def s3_cache_path(uri: str, cache_dir: str | None = None) -> str:
     return os.path.join(root, digest, posixpath.basename(uri.rstrip("/")) or "weights.bin")
 
 
-def copy_s3_to_cache(uri: str, *, spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> str:
+def copy_s3_to_cache(uri: str, *, spec: str, storage: Storage | None = None, cache_dir: str | None = None) -> str:
     """Copy an s3:// object to the local cache (streamed, atomic rename) and return the local path.
 
     A previous copy is reused when the object's size and modification time are unchanged, so the many
@@ -89,7 +90,7 @@ def copy_s3_to_cache(uri: str, *, spec: str, s3: S3Options | None = None, cache_
     target = s3_cache_path(uri, cache_dir)
     stamp_path = target + ".source.json"
     try:
-        storage = Storage(parent, s3)
+        storage = storage_at(parent, storage)
         remote = storage.fs.get_file_info(storage.path(name))
         if remote.type == pafs.FileType.NotFound:
             raise ModelError(f"{spec}: weights object {uri} does not exist")

@@ -2,7 +2,8 @@
 
 An entry is (content hash -> vector) under a key that pins everything else that decides the vector:
 model family and architecture, the weights (file checksum, or the seed of random weights), the
-preprocessing and the dimension. Layout: ``<root>/cache/<key>/<kind>/part-<modality>-<digest>.parquet`` with
+preprocessing and the dimension. Layout (:class:`~embedeval.io.layout.CacheLayout`):
+``<root>/cache/<key>/<kind>/part-<modality>-<digest>.parquet`` with
 columns ``content_sha256`` (string) and ``vector`` (fixed_size_list<float32>[d]); ``kind`` is ``image`` (images
 and sketches share the image tower) or ``text``. A file's name is decided by what it holds (its modality and
 its entries' content hashes, see :func:`entries_path`), never by the rows' (id, sub): so no file replaces
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedeval.io.layout import CacheLayout
 from embedeval.io.storage import Storage
 from embedeval.models.base import ModelInfo
 
@@ -57,30 +59,27 @@ class EmbeddingCache:
         self.storage = storage
         self.info = info
         self.key = cache_key(info)
-        self.base = f"cache/{self.key}"
+        self.layout = CacheLayout(self.key)
 
     def describe(self) -> None:
         """Write key.json once, so a person can tell what a cache folder holds."""
-        if not self.storage.exists(f"{self.base}/key.json"):
-            self.storage.write_json(f"{self.base}/key.json", {
+        if not self.storage.exists(self.layout.key_file):
+            self.storage.write_json(self.layout.key_file, {
                 "spec": self.info.spec, "family": self.info.family, "architecture": self.info.architecture,
                 "weights_source": self.info.weights_source, "weights_sha256": self.info.weights_sha256,
                 "preprocessing": self.info.preprocessing, "dim": self.info.dim})
 
-    def part_dir(self, kind: str) -> str:
-        return f"{self.base}/{kind}"
-
     def has_entries(self, kind: str) -> bool:
-        return bool(self.storage.list_files(self.part_dir(kind), ".parquet"))
+        return bool(self.storage.list_files(self.layout.kind_dir(kind), ".parquet"))
 
     def lookup(self, kind: str, hashes: list[str | None]) -> tuple[np.ndarray, pa.Array]:
         """For each hash: its index into the returned vectors, or -1 when missing. Returns (index, vectors)."""
-        files = self.storage.list_files(self.part_dir(kind), ".parquet")
+        files = self.storage.list_files(self.layout.kind_dir(kind), ".parquet")
         if not files:
             return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
         table = self.storage.read_parquet(files, columns=["content_sha256", "vector"])
         if table.column("vector").type.list_size != self.info.dim:
-            log.warning("cache %s has vectors of the wrong dimension; ignoring it", self.storage.uri(self.base))
+            log.warning("cache %s has vectors of the wrong dimension; ignoring it", self.storage.uri(self.layout.base))
             return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
         keys = table.column("content_sha256")
         positions = pc.index_in(pa.array(hashes, pa.string()), value_set=keys).to_numpy(zero_copy_only=False)
@@ -88,8 +87,8 @@ class EmbeddingCache:
         return index, table.column("vector").combine_chunks()
 
 
-def entries_path(cache_dir: str, modality: str, hashes: list[str]) -> str:
-    """Where new entries go: ``<cache_dir>/<kind>/part-<modality>-<digest>.parquet``, the digest over ``hashes``.
+def entries_path(cache: CacheLayout, modality: str, hashes: list[str]) -> str:
+    """Where new entries go: ``cache/<key>/<kind>/part-<modality>-<digest>.parquet``, the digest over ``hashes``.
 
     Two files share a path only when they hold the same content hashes in the same order (under one key,
     the same vectors), so writing one never loses another's entries.
@@ -97,11 +96,11 @@ def entries_path(cache_dir: str, modality: str, hashes: list[str]) -> str:
     h = hashlib.sha256(modality.encode())
     for digest in hashes:
         h.update(f"\x1e{digest}".encode())
-    return f"{cache_dir}/{cache_kind(modality)}/part-{modality}-{h.hexdigest()[:32]}.parquet"
+    return cache.entries_file(cache_kind(modality), modality, h.hexdigest()[:32])
 
 
-def write_entries(storage: Storage, cache_dir: str, modality: str, hashes: pa.Array | pa.ChunkedArray,
+def write_entries(storage: Storage, cache: CacheLayout, modality: str, hashes: pa.Array | pa.ChunkedArray,
                   vectors: pa.Array | pa.ChunkedArray) -> None:
-    """Add (content hash -> vector) entries of one modality to the cache at ``cache_dir``, as one new file."""
+    """Add (content hash -> vector) entries of one modality to the cache key ``cache``, as one new file."""
     table = pa.table({"content_sha256": hashes.cast(pa.string()), "vector": vectors})
-    storage.write_parquet(entries_path(cache_dir, modality, table.column("content_sha256").to_pylist()), table)
+    storage.write_parquet(entries_path(cache, modality, table.column("content_sha256").to_pylist()), table)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ from embedeval.io.embeddings import (
     read_commit_marker,
     write_commit_marker,
 )
+from embedeval.io.layout import RunLayout
 from embedeval.io.manifest import ManifestError, ManifestReadResult, load_manifest, load_tag_categories
 from embedeval.io.storage import Storage, StorageError
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
-from embedeval.pipeline.model_facts import describe_model, loaded_model, model_family, model_modalities
+from embedeval.pipeline.model_facts import describe_model, loaded_model, model_embeds, model_modalities
 from embedeval.pipeline.progress import Progress
 from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
 from embedeval.pipeline.stages import (
@@ -51,8 +53,6 @@ from embedeval.pipeline.stages import (
 )
 
 log = logging.getLogger(__name__)
-
-MANIFEST_ERRORS = "errors/stage=manifest/part-0.parquet"
 
 
 class EmbedError(EmbedevalError, RuntimeError):
@@ -82,6 +82,11 @@ class EmbedSummary:
     manifest_quarantined: int
     partitions: list[PartitionSummary] = field(default_factory=list)
     manifest_quarantined_by_modality: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def embeddings_uri(self) -> str:
+        """Where the run's embeddings are (``root`` is a storage root: an absolute path or s3://...)."""
+        return posixpath.join(self.root, RunLayout(self.run_id).embeddings)
 
     def lines(self) -> list[str]:
         out = [f"manifest: {self.manifest_rows} rows read = {self.manifest_accepted} accepted + "
@@ -171,13 +176,14 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         return [summaries[m] for m in inputs_by_modality]
 
     started = time.time()
-    info = describe_model(entry.spec, s3=config.s3)
+    info = describe_model(entry.spec, storage)
     metadata = {**info.as_metadata(), "embedeval.run_id": run_id, "embedeval.model": model}
     cache = None
-    if config.embed.use_cache and model_family(entry.spec) != "precomputed":
+    embeds = model_embeds(entry.spec)
+    if config.embed.use_cache and embeds:
         cache = EmbeddingCache(storage, info)
         cache.describe()
-    target = PartitionTarget(storage, run_id, model, metadata, cache.base if cache else None)
+    target = PartitionTarget(storage, run_id, model, metadata, cache.layout if cache else None)
     for modality in todo:
         # A partition without a marker does not exist for readers: clear whatever a killed attempt left.
         storage.delete_dir(target.partition_dir(modality))
@@ -194,10 +200,10 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
             from_cache[modality] = from_cache.get(modality, 0) + 1
         if hits.num_rows:
             progress.echo(f"  {model}: {hits.num_rows} vectors from the cache, {inputs.num_rows} to embed")
-    if model_family(entry.spec) == "precomputed":
+    if not embeds:
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
-        ds = build_dataset(config, entry, inputs)
+        ds = build_dataset(config, entry, inputs, storage)
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
         task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
@@ -239,7 +245,7 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table)
     """(rows still to embed, rows whose vector the cache holds, in the embedded-rows layout)."""
     kinds = [cache_kind(m) for m in inputs.column("modality").to_pylist()]
     if cache.has_entries("image") and any(k == "image" for k in kinds):
-        inputs = hash_inputs(config, inputs)
+        inputs = hash_inputs(config, inputs, cache.storage)
     else:
         hashes = [text_sha256(src) if m == "text" else None
                   for src, m in zip(inputs.column("source").to_pylist(), inputs.column("modality").to_pylist())]
@@ -269,7 +275,7 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table)
     return misses, hits
 
 
-def hash_inputs(config: RunConfig, inputs: pa.Table) -> pa.Table:
+def hash_inputs(config: RunConfig, inputs: pa.Table, storage: Storage) -> pa.Table:
     """content_sha256 for every row: media files are read and hashed by Ray tasks (no decoding)."""
     import ray
 
@@ -277,7 +283,7 @@ def hash_inputs(config: RunConfig, inputs: pa.Table) -> pa.Table:
     rows_per_block = max(config.embed.batch_size, 256)
     blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
     ds = ray.data.from_arrow(blocks).map_batches(hash_media, batch_format="pyarrow", batch_size=rows_per_block,
-                                                 fn_kwargs={"s3": config.s3, "limits": limits})
+                                                 fn_kwargs={"storage": storage, "limits": limits})
     hashed = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
     # Ray Data may reorder blocks; restore the input order (id, sub, modality are unique together).
     order = {key: i for i, key in enumerate(zip(inputs.column("id").to_pylist(), inputs.column("sub").to_pylist(),
@@ -294,7 +300,7 @@ def import_precomputed(config: RunConfig, entry: ModelEntry, inputs: pa.Table,
     Manifest rows without a usable vector are quarantined (stage ``import``) with the reason; vectors for
     ids that are not in the manifest are ignored and counted in the log.
     """
-    model = loaded_model(entry.spec, config.s3)
+    model = loaded_model(entry.spec, target.storage)
     results: list[dict] = []
     for modality in sorted(set(inputs.column("modality").to_pylist())):
         wanted = inputs.filter(pc.equal(inputs.column("modality"), modality))
@@ -352,7 +358,7 @@ def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) ->
         raise EmbedError(f"{storage.uri(where)}: duplicate (id, sub) rows; not committing")
 
 
-def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # noqa: ANN201
+def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storage: Storage):  # noqa: ANN201
     """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -366,12 +372,12 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # no
     batch_size = entry.batch_size or settings.batch_size
     limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
-                        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "limits": limits},
+                        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "limits": limits},
                         compute=ActorPoolStrategy(size=settings.decode_concurrency), num_cpus=1)
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     ds = ds.map_batches(
         Embedder, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads},
+        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads},
         compute=ActorPoolStrategy(size=settings.concurrency),
         num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
         num_cpus=0.5 if device == "cpu" else 1,
@@ -394,19 +400,19 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     """Embed every model x modality of a config into ``<root>/runs/<run_id>/embeddings``. Resumable."""
     progress = progress or Progress(echo)
     run_id = config.resolved_run_id()
+    layout = RunLayout(run_id)
     storage = Storage(config.root, config.s3)
     storage.ensure_bucket()
-    storage.write_bytes(f"runs/{run_id}/config.yaml", redacted_yaml(config).encode())
+    storage.write_bytes(layout.config, redacted_yaml(config).encode())
 
     # A manifest without media is fine when every model is precomputed; a model that embeds needs media.
-    manifest = load_manifest(config.manifest, config.s3, allowed_roots=config.allowed_roots, require_media=False)
+    manifest = load_manifest(config.manifest, storage, allowed_roots=config.allowed_roots, require_media=False)
     if not manifest.modalities():
         check_media_models(config)
-    storage.write_parquet(f"runs/{run_id}/{MANIFEST_ERRORS}", manifest.quarantine.to_table())
-    storage.write_parquet(f"runs/{run_id}/inputs/manifest.parquet", manifest.table)
+    storage.write_parquet(layout.manifest_errors, manifest.quarantine.to_table())
+    storage.write_parquet(layout.input_manifest, manifest.table)
     if config.tag_categories:
-        storage.write_json(f"runs/{run_id}/inputs/tag_categories.json",
-                           load_tag_categories(config.tag_categories, config.s3))
+        storage.write_json(layout.input_tag_categories, load_tag_categories(config.tag_categories, storage))
     summary = EmbedSummary(run_id, storage.root, manifest.rows_read, manifest.table.num_rows, len(manifest.quarantine))
     for modality in ("image", "sketch", "text"):
         # Whole-item problems count against every modality the manifest offers; empty captions only against text.
@@ -427,7 +433,7 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
                     inputs[m] = vector_only_inputs(manifest, model.keys(m))
             inputs = {m: inputs[m] for m in config.embed.modalities if m in inputs}
         summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
-    storage.write_json(f"runs/{run_id}/embed_summary.json", {
+    storage.write_json(layout.embed_summary, {
         "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,
         "manifest_quarantined": summary.manifest_quarantined,
         "partitions": [p.__dict__ for p in summary.partitions],

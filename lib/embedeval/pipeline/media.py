@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from embedeval.io.storage import S3Options, is_s3_uri, is_transient_error, make_filesystem
+from embedeval.io.storage import Storage, is_s3_uri, is_transient_error, locate
 
 # Serialises the swaps of PIL's process-wide settings in _pil_limits between threads of one process.
 _PIL_SETTINGS_LOCK = threading.RLock()
@@ -47,14 +47,14 @@ class MediaReader:
     """Reads bytes from local paths or s3:// URIs, reusing one filesystem client per bucket.
 
     An s3:// read that fails with a transient error (throttling, 5xx, dropped connection) after the S3
-    client's own retries (``S3Options.max_attempts``) is tried again, ``read_attempts`` times in all with
+    client's own retries (``s3.max_attempts`` of the storage handle) is tried again, ``read_attempts`` times in all with
     a growing pause, before the item is given up as unreadable: one bad minute of the store must not
     quarantine good images. Missing files and other lasting errors are not retried.
     """
 
-    def __init__(self, s3: S3Options | None = None, limits: MediaLimits = MediaLimits(),
+    def __init__(self, storage: Storage | None = None, limits: MediaLimits = MediaLimits(),
                  read_attempts: int = 3, retry_pause_s: float = 0.5) -> None:
-        self.s3 = s3
+        self.storage = storage   # whose S3 settings reach s3:// URIs (None: the AWS environment's)
         self.limits = limits
         self.read_attempts = max(1, read_attempts)
         self.retry_pause_s = retry_pause_s
@@ -63,7 +63,7 @@ class MediaReader:
     def _fs(self, uri: str):  # noqa: ANN202
         key = uri.split("/", 3)[2] if is_s3_uri(uri) else "local"
         if key not in self._fs_cache:
-            self._fs_cache[key] = make_filesystem(uri, self.s3)[0]
+            self._fs_cache[key] = locate(uri, self.storage)[0]
         fs = self._fs_cache[key]
         path = uri[len("s3://"):] if is_s3_uri(uri) else uri
         return fs, path

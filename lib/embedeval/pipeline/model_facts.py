@@ -1,54 +1,61 @@
 """What the pipeline needs to know about a model before embedding, from the registry's public API.
 
-Kept apart from the registry so the pipeline depends only on ``load_model`` and ``describe_spec``.
+Everything here is asked of the model's family (its declared attributes) or the registry; no family is
+named. The driver describes a model without loading its weights where the family allows.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-from embedeval.io.storage import S3Options
-from embedeval.models.base import ALL_MODALITIES, IMAGE_MODALITIES, EmbeddingModel, ModelInfo
+from embedeval.io.storage import Storage
+from embedeval.models.base import EmbeddingModel, ModelInfo
+from embedeval.models.family import ModelFamily
 
 _lock = threading.Lock()
 _loaded: dict[str, EmbeddingModel] = {}
 
 
-def model_family(spec: str) -> str:
-    from embedeval.models.registry import describe_spec
+def model_family(spec: str) -> ModelFamily:
+    from embedeval.models.registry import family_of
 
-    return describe_spec(spec).family
+    return family_of(spec)
 
 
 def model_modalities(spec: str) -> tuple[str, ...]:
-    """Modalities a model embeds: text towers (open_clip) and imported vectors do text too."""
-    return ALL_MODALITIES if model_family(spec) in ("open_clip", "precomputed") else IMAGE_MODALITIES
+    """Modalities a model embeds, as its family declares them (text towers and imported vectors do text)."""
+    return model_family(spec).modalities
 
 
-def loaded_model(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> EmbeddingModel:
-    """A CPU replica of a model, loaded once per process (for facts, preprocessing and imports)."""
+def model_embeds(spec: str) -> bool:
+    """False for families whose vectors are imported, not embedded (they get no pipeline and no cache)."""
+    return model_family(spec).embeds
+
+
+def loaded_model(spec: str, storage: Storage | None = None, cache_dir: str | None = None) -> EmbeddingModel:
+    """A CPU replica of a model, loaded once per process (for preprocessing and imports)."""
     from embedeval.models.registry import load_model
 
     with _lock:
         if spec not in _loaded:
-            _loaded[spec] = load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir)
+            _loaded[spec] = load_model(spec, device="cpu", storage=storage, cache_dir=cache_dir)
         return _loaded[spec]
 
 
-def describe_model(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> ModelInfo:
-    """The ModelInfo of a spec (loads it once per process on CPU; weights checksums need the file)."""
-    return loaded_model(spec, s3, cache_dir).info
+def describe_model(spec: str, storage: Storage | None = None, cache_dir: str | None = None) -> ModelInfo:
+    """The ModelInfo of a spec, without loading its weights where the family can tell (see the registry)."""
+    from embedeval.models.registry import describe_model as registry_describe
+
+    return registry_describe(spec, storage=storage, cache_dir=cache_dir)
 
 
-def load_preprocessor(spec: str, s3: S3Options | None = None,
+def load_preprocessor(spec: str, storage: Storage | None = None,
                       cache_dir: str | None = None) -> Callable[[Image.Image], np.ndarray]:
     """The model's own image preprocessing, for the CPU prepare stage."""
-    try:
-        from embedeval.models.registry import load_preprocessor as registry_preprocessor
-    except ImportError:
-        return loaded_model(spec, s3, cache_dir).preprocess_image
-    return registry_preprocessor(spec, s3=s3, cache_dir=cache_dir)
+    from embedeval.models.registry import load_preprocessor as registry_preprocessor
+
+    return registry_preprocessor(spec, storage=storage, cache_dir=cache_dir)

@@ -29,7 +29,7 @@ from embedeval.config import RayOptions
 
 if TYPE_CHECKING:
     from embedeval.config import RunConfig
-    from embedeval.io.storage import S3Options
+    from embedeval.io.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,8 @@ class NodeCheck:
         return f"node {self.node} ({self.gpus:g} GPU): embedeval {where}; storage {self.storage}"
 
 
-def _check_this_node(root: str, s3: S3Options | None, gpus: float) -> NodeCheck:
+def _check_this_node(storage: Storage, gpus: float) -> NodeCheck:
     import ray
-
-    from embedeval.io.storage import Storage
 
     library = str(library_dir())
     # Ray unpacks a job's py_modules under <session dir>/runtime_resources/py_modules_files/.
@@ -146,7 +144,6 @@ def _check_this_node(root: str, s3: S3Options | None, gpus: float) -> NodeCheck:
     key = f".cluster-check-{uuid.uuid4().hex}"
     payload = b"embedeval cluster check"
     try:
-        storage = Storage(root, s3)
         storage.write_bytes(key, payload)
         same = storage.read_bytes(key) == payload
         storage.delete_file(key)
@@ -165,11 +162,14 @@ def check_cluster(config: RunConfig) -> list[NodeCheck]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from embedeval.io.storage import Storage
+
     ensure_ray(config.ray)
+    storage = Storage(config.root, config.s3)
     probe = ray.remote(num_cpus=0, max_retries=0)(_check_this_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(config.root, config.s3, float(n.get("Resources", {}).get("GPU", 0.0))) for n in nodes]
+            .remote(storage, float(n.get("Resources", {}).get("GPU", 0.0))) for n in nodes]
     checks = []
     for node, ref in zip(nodes, refs, strict=True):
         try:

@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedeval.io.embeddings import embeddings_table, table_checksum
+from embedeval.io.layout import CacheLayout, RunLayout
 from embedeval.io.quarantine import ERRORS_SCHEMA
-from embedeval.io.storage import S3Options, Storage
+from embedeval.io.storage import Storage
 from embedeval.pipeline.cache import bytes_sha256, text_sha256, write_entries
 from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image
 
@@ -53,11 +54,11 @@ def _previous_errors(batch: pa.Table) -> tuple[list[str | None], list[str | None
 class ImagePreparer:
     """Read, decode and apply the model's own preprocessing. One instance per Ray actor."""
 
-    def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, cache_dir: str | None = None) -> None:
+    def __init__(self, spec: str, storage: Storage | None, limits: MediaLimits, cache_dir: str | None = None) -> None:
         from embedeval.pipeline.model_facts import load_preprocessor
 
-        self.preprocess = load_preprocessor(spec, s3=s3, cache_dir=cache_dir)
-        self.reader = MediaReader(s3, limits)
+        self.preprocess = load_preprocessor(spec, storage=storage, cache_dir=cache_dir)
+        self.reader = MediaReader(storage, limits)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stages, reasons = _previous_errors(batch)
@@ -93,7 +94,7 @@ class ImagePreparer:
 class Embedder:
     """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail."""
 
-    def __init__(self, spec: str, s3: S3Options | None, device: str,
+    def __init__(self, spec: str, storage: Storage | None, device: str,
                  torch_threads: int | None, cache_dir: str | None = None) -> None:
         import torch
 
@@ -101,7 +102,7 @@ class Embedder:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model = load_model(spec, device=device, s3=s3, cache_dir=cache_dir)
+        self.model = load_model(spec, device=device, storage=storage, cache_dir=cache_dir)
         self.dim = self.model.info.dim
 
     def _embed(self, batch: pa.Table, rows: list[int], text: bool) -> np.ndarray:
@@ -156,13 +157,13 @@ class PartitionTarget:
     run_id: str
     model: str
     metadata: dict[str, str]
-    cache_dir: str | None = None     # cache/<key>: new vectors are added there too
+    cache: CacheLayout | None = None     # new vectors are added to this cache key too
 
     def partition_dir(self, modality: str) -> str:
-        return f"runs/{self.run_id}/embeddings/model={self.model}/modality={modality}"
+        return RunLayout(self.run_id).partition(self.model, modality)
 
     def errors_dir(self, modality: str) -> str:
-        return f"runs/{self.run_id}/errors/model={self.model}/modality={modality}"
+        return RunLayout(self.run_id).partition_errors(self.model, modality)
 
 
 def part_name(ids: list[str], subs: list[int]) -> str:
@@ -196,10 +197,10 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         path = f"{target.partition_dir(modality)}/{name}"
         target.storage.write_parquet(path, table, metadata={**target.metadata, "embedeval.modality": modality})
         sha = table_checksum(table)
-        if target.cache_dir and "content_sha256" in good.column_names:
+        if target.cache is not None and "content_sha256" in good.column_names:
             fresh = pc.is_valid(good.column("content_sha256"))
             if pc.any(fresh).as_py():
-                write_entries(target.storage, target.cache_dir, modality, good.column("content_sha256").filter(fresh),
+                write_entries(target.storage, target.cache, modality, good.column("content_sha256").filter(fresh),
                               table.column("vector").filter(fresh))
     if bad.num_rows:
         errors = pa.table({
@@ -215,9 +216,9 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
             "errors_path": errors_path, "errors": bad.num_rows}
 
 
-def hash_media(batch: pa.Table, s3: S3Options | None, limits: MediaLimits) -> pa.Table:
+def hash_media(batch: pa.Table, storage: Storage | None, limits: MediaLimits) -> pa.Table:
     """Add content_sha256 (null when unreadable: the embed pass will quarantine it with its reason)."""
-    reader = MediaReader(s3, limits)
+    reader = MediaReader(storage, limits)
     hashes: list[str | None] = []
     for uri, modality in zip(batch.column("source").to_pylist(), batch.column("modality").to_pylist()):
         if modality == "text":

@@ -1,10 +1,11 @@
 """``embedeval report``: scores table -> leaderboard.md, report.html, plots/*.png, diff.md under
 ``runs/<run_id>/report/``.
 
-Reads only the run's ``scores/`` files (and the previous run's scores table for the diff) through
+Reads only the run's committed ``scores/`` files (and the previous run's scores table for the diff) through
 :class:`Storage`, so it works the same on a local folder and on s3://. Everything is rendered in memory
-first and written at the end; the plots folder is cleared before writing so a rebuilt report never keeps a
-stale plot from an earlier build.
+first and written at the end, by the commit protocol of every stage (:mod:`embedeval.io.commit`): the
+report's marker is removed, the plots folder cleared (a rebuilt report never keeps a stale plot), the files
+written, and ``report/_COMMITTED.json`` listing them written last.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from embedeval.io.commit import commit, uncommit, write_file
+from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.report.diff import (RunDiff, diff_scores, diff_sections, diff_title, like_for_like_sections,
                                    regression_lines)
@@ -40,10 +43,6 @@ class ReportPaths:
     regressions: list[str] = field(default_factory=list)
     #: None when the comparison was like for like, else why it could not be (no previous run, no panel...)
     not_like_for_like: str | None = None
-
-
-def report_dir(run_id: str) -> str:
-    return f"runs/{run_id}/report"
 
 
 def compute_diff(storage: Storage, run_id: str, rows: list[ScoreRow], previous_run_id: str | None) -> RunDiff:
@@ -88,24 +87,27 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     page = render_html(HtmlInputs(settings.title, run_id, run_date, generated, board, rows, plots, examples, notes,
                                   title, sections, settings.include_tidy_table))
 
-    out = report_dir(run_id)
-    storage.delete_dir(f"{out}/plots")
-    plot_uris = []
-    for p in plots + examples:
-        storage.write_bytes(f"{out}/plots/{p.name}.png", p.png)
-        plot_uris.append(storage.uri(f"{out}/plots/{p.name}.png"))
-    storage.write_bytes(f"{out}/leaderboard.md", leaderboard_markdown(board, run_id, run_date, generated).encode())
-    storage.write_bytes(f"{out}/diff.md", (f"# {title}\n\n" + sections_markdown(sections)).encode())
-    storage.write_bytes(f"{out}/report.html", page.encode())
-    return ReportPaths(storage.uri(f"{out}/leaderboard.md"), storage.uri(f"{out}/report.html"),
-                       storage.uri(f"{out}/diff.md"), plot_uris, diff.previous_run_id, board.notes + notes,
+    layout = RunLayout(run_id)
+    uncommit(storage, layout.report)
+    storage.delete_dir(layout.plots)
+    files = [write_file(storage, layout.plot(p.name), p.png) for p in plots + examples]
+    files.append(write_file(storage, layout.report_file("leaderboard.md"),
+                            leaderboard_markdown(board, run_id, run_date, generated).encode()))
+    files.append(write_file(storage, layout.report_file("diff.md"),
+                            (f"# {title}\n\n" + sections_markdown(sections)).encode()))
+    files.append(write_file(storage, layout.report_file("report.html"), page.encode()))
+    commit(storage, layout.report, files, run_id=run_id, previous_run_id=diff.previous_run_id)
+    uri = storage.uri
+    return ReportPaths(uri(layout.report_file("leaderboard.md")), uri(layout.report_file("report.html")),
+                       uri(layout.report_file("diff.md")), [uri(layout.plot(p.name)) for p in plots + examples],
+                       diff.previous_run_id, board.notes + notes,
                        regression_lines(like) if like is not None else [], why_not)
 
 
 def like_for_like(storage: Storage, diff: RunDiff) -> tuple[RunDiff | None, str | None, list[Section]]:
     """The comparison on the items both runs share (:mod:`embedeval.scoring.panel`), why there is none,
     and its diff.md sections. With the same ids in both runs the ordinary diff is like for like."""
-    from embedeval.scoring.panel import panel_scores_path, read_panel
+    from embedeval.scoring.panel import panel_layout, read_panel
 
     if diff.previous_run_id is None:
         return None, "there is no previous run", []
@@ -119,7 +121,7 @@ def like_for_like(storage: Storage, diff: RunDiff) -> tuple[RunDiff | None, str 
     if info.identical:
         like = diff
     else:
-        current = load_scores_at(storage, panel_scores_path(diff.run_id, diff.previous_run_id, diff.run_id))
-        previous = load_scores_at(storage, panel_scores_path(diff.run_id, diff.previous_run_id, diff.previous_run_id))
+        current = load_scores_at(storage, panel_layout(diff.run_id, diff.previous_run_id, diff.run_id))
+        previous = load_scores_at(storage, panel_layout(diff.run_id, diff.previous_run_id, diff.previous_run_id))
         like = diff_scores(current, previous, diff.run_id, diff.previous_run_id, diff.how_chosen)
     return like, None, like_for_like_sections(like, info.shared, info.current_items, info.previous_items, None)

@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from embedeval.io.score_files import ScoreTable, read_score_table, read_scores_commit
 from embedeval.io.storage import Storage
 from embedeval.report.plots import Plot, Style, figure_png
 from embedeval.report.scores import is_missing
 
 ImageLoader = Callable[[str], "bytes | None"]
-
-PROTOTYPES_REL = "scores/prototypes.parquet"
-AMBIGUITY_REL = "scores/ambiguity.parquet"
 
 
 @dataclass
@@ -145,11 +143,12 @@ def _title_color(style: Style, model: str) -> str:
     return "#b00000" if model in style.random else "black"
 
 
-def _records(storage: Storage, run_id: str, rel: str) -> list[dict[str, Any]] | None:
-    full = f"runs/{run_id}/{rel}"
-    if not storage.exists(full):
-        return None
-    return storage.read_parquet([full]).to_pylist()
+def _records(storage: Storage, run_id: str, which: ScoreTable) -> list[dict[str, Any]] | None:
+    """The rows of a committed score-stage table, or None when the run's scores marker does not list it
+    or it has no rows (the score job writes empty tables when no prototypes task ran)."""
+    found = read_scores_commit(storage, run_id)
+    table = None if found is None else read_score_table(storage, found, which)
+    return None if table is None or table.num_rows == 0 else table.to_pylist()
 
 
 def prototype_plots(records: list[dict[str, Any]], style: Style, thumbs: Thumbnails, max_prototypes: int,
@@ -228,12 +227,12 @@ def example_plots(storage: Storage, run_id: str, style: Style, image_loader: Ima
                   ) -> tuple[list[Plot], list[str]]:
     """Prototype and ambiguity grids, and notes on what was skipped and why (never raises for absent inputs)."""
     notes: list[str] = []
-    protos = _records(storage, run_id, PROTOTYPES_REL)
-    ambig = _records(storage, run_id, AMBIGUITY_REL)
+    protos = _records(storage, run_id, "prototypes")
+    ambig = _records(storage, run_id, "ambiguity")
     if protos is None:
-        notes.append(f"prototype examples: {PROTOTYPES_REL} is not in this run")
+        notes.append("prototype examples: scores/prototypes.parquet is not in this run's committed scores, or empty")
     if ambig is None:
-        notes.append(f"ambiguity examples: {AMBIGUITY_REL} is not in this run")
+        notes.append("ambiguity examples: scores/ambiguity.parquet is not in this run's committed scores, or empty")
     if (protos or ambig) and image_loader is None:
         notes.append("prototype / ambiguity thumbnails: no image loader was given to the report, so these "
                      "plots were skipped (pass image_loader= to build_report)")

@@ -1,11 +1,14 @@
 """What runs a root holds and what state each is in: ``embedeval runs list`` and ``embedeval runs show RUN``.
 
+Everything is read through the stages' commit markers (:mod:`embedeval.io.commit`): a partition, the
+scores or the report count only once committed, and their rows and files are the ones the markers list.
+
 Also the one definition of *when* a run happened, which the diff uses to find "the previous run":
 
-1. a timestamp in the scores file's Parquet metadata (keys :data:`TIME_KEYS`, epoch seconds or ISO 8601,
+1. a timestamp in the committed scores' metadata (keys :data:`TIME_KEYS`, epoch seconds or ISO 8601,
    first found wins) — the scorer's own record, unaffected by copies between buckets;
 2. else the modification time of the run's ``config.yaml`` (written when the run starts);
-3. else the modification time of ``scores/scores.parquet``.
+3. else the time the scores were committed.
 Runs are ordered by that time, ties broken by run id.
 """
 
@@ -15,11 +18,12 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import pyarrow.parquet as pq
-
-from embedeval.io.embeddings import COMMIT_MARKER
+from embedeval.io.commit import read_commit
+from embedeval.io.embeddings import COMMIT_MARKER, read_commit_marker
+from embedeval.io.layout import RUNS_DIR, RunLayout, partition_of
+from embedeval.io.score_files import read_score_table, read_scores_commit
 from embedeval.io.storage import Storage
-from embedeval.report.scores import ReportError, scores_rel
+from embedeval.report.scores import ReportError, has_scores
 
 _TIME_NAMES = ("created_at", "scored_at", "finished_at", "started_at", "run_started_at", "timestamp")
 #: Accepted as they are or namespaced the way the scorer names its metadata (``embedeval.score.created_at``).
@@ -62,30 +66,27 @@ def _mtime(storage: Storage, rel: str) -> float | None:
 
 def run_time(storage: Storage, run_id: str) -> RunTime:
     """The time a run is ordered by (see the module docstring for the order of sources)."""
-    rel = scores_rel(run_id)
-    if storage.exists(rel):
-        try:
-            meta = pq.read_schema(storage.path(rel), filesystem=storage.fs).metadata or {}
-        except OSError:
-            meta = {}
-        for key in TIME_KEYS:
-            raw = meta.get(key.encode())
-            if raw is not None:
-                ts = _parse_time(raw.decode("utf-8", "replace"))
-                if ts is not None:
-                    return RunTime(ts, f"scores metadata '{key}'")
-    for candidate, source in ((f"runs/{run_id}/config.yaml", "config.yaml modification time"),
-                              (rel, "scores.parquet modification time")):
-        if storage.exists(candidate):
-            ts = _mtime(storage, candidate)
+    scores = read_scores_commit(storage, run_id)
+    meta = dict(scores.fields.get("metadata") or {}) if scores is not None else {}
+    for key in TIME_KEYS:
+        raw = meta.get(key)
+        if raw is not None:
+            ts = _parse_time(str(raw))
             if ts is not None:
-                return RunTime(ts, source)
-    return RunTime(None, "no scores metadata, config.yaml or scores file")
+                return RunTime(ts, f"scores metadata '{key}'")
+    config = RunLayout(run_id).config
+    if storage.exists(config):
+        ts = _mtime(storage, config)
+        if ts is not None:
+            return RunTime(ts, "config.yaml modification time")
+    if scores is not None and scores.fields.get("committed_at") is not None:
+        return RunTime(float(scores.fields["committed_at"]), "scores commit time")
+    return RunTime(None, "no scores metadata, config.yaml or committed scores")
 
 
 def run_ids(storage: Storage) -> list[str]:
     """Folder names under ``runs/`` (unordered: sort by :func:`run_time` where order matters)."""
-    return storage.list_dirs("runs")
+    return storage.list_dirs(RUNS_DIR)
 
 
 def previous_run(storage: Storage, run_id: str) -> tuple[str | None, str]:
@@ -93,15 +94,15 @@ def previous_run(storage: Storage, run_id: str) -> tuple[str | None, str]:
     current = run_time(storage, run_id)
     earlier: list[tuple[float, str]] = []
     for other in run_ids(storage):
-        if other == run_id or not storage.exists(scores_rel(other)):
+        if other == run_id or not has_scores(storage, other):
             continue
         t = run_time(storage, other)
         if t.timestamp is None or current.timestamp is None:
             continue
         if (t.timestamp, other) < (current.timestamp, run_id):
             earlier.append((t.timestamp, other))
-    how = ("the latest earlier run with a scores table, runs ordered by the time in "
-           "their scores metadata, else config.yaml's, else scores.parquet's modification time "
+    how = ("the latest earlier run with committed scores, runs ordered by the time in "
+           "their scores metadata, else config.yaml's modification time, else the scores' commit time "
            f"(this run: {current.text()}, from {current.source})")
     if not earlier:
         return None, how
@@ -132,7 +133,7 @@ class RunSummary:
     score_rows: int | None = None                            # None: no scores table
     score_models: list[str] = field(default_factory=list)
     random_models: list[str] = field(default_factory=list)
-    report_files: list[str] = field(default_factory=list)    # relative to runs/<run_id>/report/
+    report_files: list[str] = field(default_factory=list)    # committed, relative to runs/<run_id>/report/
 
     @property
     def models(self) -> list[str]:
@@ -147,58 +148,56 @@ class RunSummary:
         return "leaderboard.md" in self.report_files or "report.html" in self.report_files
 
 
-def _partition_of(rel: str) -> tuple[str, str] | None:
-    parts = rel.split("/")
-    model = next((p[len("model="):] for p in parts if p.startswith("model=")), None)
-    modality = next((p[len("modality="):] for p in parts if p.startswith("modality=")), None)
-    return (model, modality) if model is not None and modality is not None else None
-
-
 def summarize_run(storage: Storage, run_id: str) -> RunSummary:
-    """Everything ``runs show`` prints, from one listing of the run folder plus the small files in it."""
-    base = f"runs/{run_id}"
-    files = storage.list_files(base)
+    """Everything ``runs show`` prints: one listing of the run folder, then only what the markers commit.
+
+    Partitions, their quarantined rows (the errors files their markers list, plus the manifest's), the
+    scores and the report count once committed; partition folders with files but no marker are pending.
+    """
+    layout = RunLayout(run_id)
+    files = storage.list_files(layout.base)
     if not files:
         known = ", ".join(run_ids(storage)) or "none"
-        raise ReportError(f"run {run_id!r} not found under {storage.uri('runs')} (runs there: {known})")
-    rel = [posixpath.relpath(f, base) for f in files]
-    summary = RunSummary(run_id, run_time(storage, run_id), has_config="config.yaml" in rel)
+        raise ReportError(f"run {run_id!r} not found under {storage.uri(RUNS_DIR)} (runs there: {known})")
+    summary = RunSummary(run_id, run_time(storage, run_id), has_config=layout.config in files)
     seen: set[tuple[str, str]] = set()
-    committed: set[tuple[str, str]] = set()
-    for f, r in zip(files, rel):
-        if not r.startswith("embeddings/"):
-            continue
-        part = _partition_of(r)
+    error_files = [layout.manifest_errors] if layout.manifest_errors in files else []
+    for f in files:
+        part = partition_of(f) if f.startswith(layout.embeddings + "/") else None
         if part is None:
             continue
         seen.add(part)
-        if posixpath.basename(r) == COMMIT_MARKER:
-            committed.add(part)
-            d = storage.read_json(f)
-            summary.partitions.append(PartitionSummary(
-                part[0], part[1], int(d.get("rows", 0)), int(d.get("quarantined", 0)), int(d.get("dim", 0)),
-                float(d["committed_at"]) if d.get("committed_at") is not None else None))
+        if posixpath.basename(f) == COMMIT_MARKER:
+            record = read_commit_marker(storage, run_id, *part)
+            if record is None:
+                continue
+            summary.partitions.append(PartitionSummary(part[0], part[1], record.rows, record.quarantined,
+                                                       record.dim, record.committed_at or None))
+            error_files += record.errors_files
+    committed = {(p.model, p.modality) for p in summary.partitions}
     summary.pending = [f"model={m}/modality={x}" for m, x in sorted(seen - committed)]
     summary.partitions.sort(key=lambda p: (p.model, p.modality))
-    error_files = [f for f, r in zip(files, rel) if r.startswith("errors/") and r.endswith(".parquet")]
     if error_files:
         stages = storage.read_parquet(error_files, columns=["stage"]).column("stage").to_pylist()
         summary.error_rows = len(stages)
         for s in stages:
             summary.errors_by_stage[str(s)] = summary.errors_by_stage.get(str(s), 0) + 1
-    if "scores/scores.parquet" in rel:
-        t = storage.read_parquet([scores_rel(run_id)], columns=["model", "weights_random"])
-        summary.score_rows = t.num_rows
-        models = t.column("model").to_pylist()
+    scores = read_scores_commit(storage, run_id)
+    table = None if scores is None else read_score_table(storage, scores, "scores", ["model", "weights_random"])
+    if table is not None:
+        summary.score_rows = table.num_rows
+        models = table.column("model").to_pylist()
         summary.score_models = sorted(set(models))
-        summary.random_models = sorted({m for m, w in zip(models, t.column("weights_random").to_pylist()) if w})
-    summary.report_files = sorted(r[len("report/"):] for r in rel if r.startswith("report/"))
+        summary.random_models = sorted({m for m, w in zip(models, table.column("weights_random").to_pylist()) if w})
+    report = read_commit(storage, layout.report)
+    if report is not None:
+        summary.report_files = sorted(posixpath.relpath(f.path, layout.report) for f in report.files)
     return summary
 
 
 def list_runs(storage: Storage) -> list[RunSummary]:
     """Every run under ``runs/``, oldest first (by :func:`run_time`; runs with no time last, by id)."""
-    out = [summarize_run(storage, r) for r in run_ids(storage) if storage.list_files(f"runs/{r}")]
+    out = [summarize_run(storage, r) for r in run_ids(storage) if storage.list_files(RunLayout(r).base)]
     return sorted(out, key=lambda s: (s.time.timestamp is None, s.time.timestamp or 0.0, s.run_id))
 
 
@@ -223,7 +222,7 @@ def _when(ts: float | None) -> str:
 def show_run(storage: Storage, run_id: str) -> str:
     """A human-readable account of one run: partitions, quarantine, errors, scores, report."""
     s = summarize_run(storage, run_id)
-    out = [f"run {s.run_id}", f"  root:        {storage.uri('runs', s.run_id)}",
+    out = [f"run {s.run_id}", f"  root:        {storage.uri(RunLayout(s.run_id).base)}",
            f"  time:        {s.time.text()} ({s.time.source})",
            f"  config.yaml: {'present' if s.has_config else 'missing'}"]
     models = ", ".join(m + (" ⚠ RANDOM WEIGHTS" if m in s.random_models else "") for m in s.models)

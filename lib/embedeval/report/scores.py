@@ -1,8 +1,8 @@
 """Reading a run's scores table into rows the report can group, and the few helpers every view shares.
 
-The report consumes only ``runs/<run_id>/scores/scores.parquet`` (the contract in
-:mod:`embedeval.scoring.schema`); it never imports the scoring code, so a report can be rebuilt from the
-files alone, on any machine, long after the run.
+The report consumes only the committed ``runs/<run_id>/scores/`` tables (the contract in
+:mod:`embedeval.scoring.schema`, read through the stage's marker, :mod:`embedeval.io.score_files`); it never
+imports the scoring code, so a report can be rebuilt from the files alone, on any machine, long after the run.
 """
 
 from __future__ import annotations
@@ -13,43 +13,70 @@ from dataclasses import fields
 import pyarrow as pa
 
 from embedeval.errors import EmbedevalError
+from embedeval.io.layout import RunLayout, marker_in
+from embedeval.io.score_files import read_score_table, read_scores_commit
 from embedeval.io.storage import Storage
-from embedeval.scoring.schema import SCORES_PATH, ScoreRow, params_of
+from embedeval.scoring.schema import ScoreRow, params_of
 
 #: The identity of one score (:data:`embedeval.scoring.schema.IDENTITY_COLUMNS`): the scores table holds
 #: at most one row per key, and the diff matches runs on it.
 ScoreKey = tuple[str, str, str, str, int | None, str, str]
 
 
-
 class ReportError(EmbedevalError, ValueError):
     """The report cannot be built from what is in storage; the message names the file and the remedy."""
 
 
-def scores_rel(run_id: str) -> str:
-    """Path of a run's scores table relative to the storage root."""
-    return f"runs/{run_id}/{SCORES_PATH}"
+def has_scores(storage: Storage, run_id: str) -> bool:
+    """Whether a run's score stage has committed (its marker exists), or the run predates stage markers."""
+    return read_scores_commit(storage, run_id) is not None or _legacy_scores(storage, run_id)
+
+
+def _legacy_scores(storage: Storage, run_id: str) -> bool:
+    """A run scored before the score stage had a marker: ``scores.parquet`` was that stage's commit (written
+    last), so a readable one without a marker is a finished older run, and the nightly diff keeps working
+    across the upgrade. A file that does not parse (a write cut short) is no scores."""
+    return _read_legacy(storage, run_id) is not None
+
+
+def _read_legacy(storage: Storage, run_id: str) -> pa.Table | None:
+    layout = RunLayout(run_id)
+    if storage.exists(marker_in(layout.scores)) or not storage.exists(layout.scores_table):
+        return None
+    try:
+        table = storage.read_parquet([layout.scores_table])
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return table if {"model", "task", "metric", "value"} <= set(table.column_names) else None
 
 
 def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
-    """All rows of a run's scores table, as the contract's :class:`ScoreRow`.
+    """All rows of a run's committed scores table, as the contract's :class:`ScoreRow`.
 
     Columns the file lacks (an older writer) take the dataclass defaults and unknown columns are ignored,
-    so an old run still diffs against a new one. Raises :class:`ReportError` when the file is absent.
+    so an old run still diffs against a new one. Raises :class:`ReportError` when the run has no committed
+    scores (none written, or the score stage has not finished).
     """
-    rel = scores_rel(run_id)
-    if not storage.exists(rel):
-        raise ReportError(
-            f"no scores for run {run_id!r}: {storage.uri(rel)} does not exist; run `embedeval score` for this run first"
-        )
-    return rows_from_table(storage.read_parquet([rel]))
+    found = read_scores_commit(storage, run_id)
+    table = None if found is None else read_score_table(storage, found, "scores")
+    if table is None and found is None:
+        table = _read_legacy(storage, run_id)
+    if table is None:
+        where = storage.uri(RunLayout(run_id).scores)
+        raise ReportError(f"no committed scores for run {run_id!r} under {where}: run `embedeval score` for this "
+                          "run first (or let it finish)")
+    return rows_from_table(table)
 
 
-def load_scores_at(storage: Storage, rel: str) -> list[ScoreRow]:
-    """Rows of a scores table at a path (a common panel's); :class:`ReportError` when it is absent."""
-    if not storage.exists(rel):
-        raise ReportError(f"no scores table at {storage.uri(rel)}: the score stage did not finish it; rerun `embedeval score`")
-    return rows_from_table(storage.read_parquet([rel]))
+def load_scores_at(storage: Storage, layout: RunLayout) -> list[ScoreRow]:
+    """Rows of the committed scores in ``layout``'s score folder (a common panel's); :class:`ReportError`
+    when that folder has none."""
+    found = read_scores_commit(storage, layout.run_id, layout=layout)
+    table = None if found is None else read_score_table(storage, found, "scores")
+    if table is None:
+        raise ReportError(f"no committed scores under {storage.uri(layout.scores)}: the score stage did not finish "
+                          "there; rerun `embedeval score`")
+    return rows_from_table(table)
 
 
 def rows_from_table(table: pa.Table) -> list[ScoreRow]:

@@ -1,4 +1,4 @@
-"""The score job: committed embeddings of a run + the manifest -> ``runs/<run_id>/scores/*.parquet``.
+"""The score job: committed embeddings of a run + the manifest -> ``runs/<run_id>/scores/*.parquet`` + marker.
 
 For every model with committed partitions it loads and checks each modality once, then runs every enabled
 task. Checks and what they do (each exclusion is counted in the ``note`` of the rows it affects):
@@ -31,21 +31,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedeval.io.embeddings import list_committed, read_commit_marker
+from embedeval.io.layout import RunLayout
 from embedeval.io.prompts import PROMPT_MODALITY, read_prompt_vectors
+from embedeval.io.score_files import commit_scores
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
 from embedeval.scoring import registry
 from embedeval.scoring.parts import ScoreParts, UnitResult
 from embedeval.scoring.registry import PlanInputs, ScoreUnit
 from embedeval.scoring.prepare import prepare_partition
-from embedeval.scoring.schema import IDENTITY_COLUMNS, SCORES_PATH, scores_table
+from embedeval.scoring.schema import IDENTITY_COLUMNS, scores_table
 from embedeval.scoring.settings import EXECUTION_SETTINGS, ScoreSettings
 from embedeval.scoring.tags import TagVectors, build_tag_vectors
 
 log = logging.getLogger(__name__)
 
-AMBIGUITY_PATH = "scores/ambiguity.parquet"
-PROTOTYPES_PATH = "scores/prototypes.parquet"
 WEIGHTS_RANDOM_KEY = "embedeval.model.weights_random"
 
 Progress = Callable[[str], None]
@@ -70,12 +70,12 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     ``out_dir`` (relative to the storage root) replaces ``runs/<run_id>/scores`` as the output folder: the
     common-panel re-scoring (:mod:`embedeval.scoring.panel`) writes there, never into a run's own scores.
     """
-    out = out_dir or f"runs/{run_id}/scores"
     say = progress or (lambda msg: log.info(msg))
     catalogue = CatalogueView.from_table(manifest)
+    layout = RunLayout(run_id, scores_dir=out_dir)
     partitions = list_committed(storage, run_id)
     if not partitions:
-        raise ScoringError(f"no committed embeddings under {storage.uri(f'runs/{run_id}/embeddings')}: "
+        raise ScoringError(f"no committed embeddings under {storage.uri(layout.embeddings)}: "
                            f"run the embed job for run {run_id!r} first")
     tag_vectors = _tag_vectors(catalogue, tag_categories, category_weights, settings)
     runner = _make_runner(settings)
@@ -84,7 +84,7 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     for model, modality in partitions:
         models.setdefault(model, []).append(modality)
 
-    parts = ScoreParts(storage, run_id, out_dir=out)
+    parts = ScoreParts(storage, run_id, out_dir=out_dir)
     units_by_model = {model: plan_units(settings, modalities, catalogue, tag_vectors is not None)
                       for model, modalities in models.items()}
     total = sum(len(u) for u in units_by_model.values())
@@ -102,7 +102,7 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
         wanted = {m for u in todo for m in u.modalities}
         # prompt vectors are keyed by label, not by manifest id: read whole (labels x templates rows), not prepared
         prepared = {m: prepare_partition(storage, run_id, model, m, catalogue, runner, block_rows=settings.block_rows,
-                                         out_dir=out)
+                                         out_dir=out_dir)
                     for m in sorted(wanted - {PROMPT_MODALITY})}
         weights_random = any(str(p.model_info.get(WEIGHTS_RANDOM_KEY, "false")).lower() == "true"
                              for p in prepared.values())
@@ -125,20 +125,13 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
             "embedeval.score.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
 
-    # scores.parquet goes last: it is the score stage's commit, so a kill never leaves it beside stale siblings.
-    storage.write_parquet(f"{out}/{_name(AMBIGUITY_PATH)}", _concat(ambiguity, AMBIGUITY_SCHEMA), metadata=meta)
-    storage.write_parquet(f"{out}/{_name(PROTOTYPES_PATH)}", _concat(examples, EXAMPLES_SCHEMA), metadata=meta)
-    storage.write_parquet(f"{out}/{_name(SCORES_PATH)}", table, metadata=meta)
+    # The stage's marker goes last: readers see the three tables together or not at all.
+    commit_scores(storage, run_id, table, _concat(ambiguity, AMBIGUITY_SCHEMA), _concat(examples, EXAMPLES_SCHEMA),
+                  meta, layout=layout)
     if not settings.keep_blocks:
-        storage.delete_dir(f"{out}/blocks")
-    say(f"scores: {table.num_rows} rows for {len(models)} models written to "
-        f"{storage.uri(f'{out}/{_name(SCORES_PATH)}')}")
+        storage.delete_dir(layout.blocks)
+    say(f"scores: {table.num_rows} rows for {len(models)} models written to {storage.uri(layout.scores_table)}")
     return table
-
-
-def _name(path: str) -> str:
-    """``scores/scores.parquet`` -> ``scores.parquet`` (the file name inside the output folder)."""
-    return path.rsplit("/", 1)[-1]
 
 
 def _weights_random_of_markers(storage: Storage, run_id: str, model: str, modalities: list[str]) -> bool:

@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedeval.io.embeddings import list_committed
+from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.scoring.settings import ScoreSettings
 
-MARKER = "_PANEL.json"
 MIN_SHARED_ITEMS = 3
 
 
@@ -56,18 +56,15 @@ class PanelInfo:
         return not self.identical and self.reason is None
 
 
-def panel_dir(run_id: str, previous_run_id: str) -> str:
-    return f"runs/{run_id}/scores/panel/vs={previous_run_id}"
-
-
-def panel_scores_path(run_id: str, previous_run_id: str, which: str) -> str:
-    """``which`` is ``run_id`` (current vectors) or ``previous_run_id`` (the previous run's vectors)."""
-    return f"{panel_dir(run_id, previous_run_id)}/run={which}/scores.parquet"
+def panel_layout(run_id: str, previous_run_id: str, which: str) -> RunLayout:
+    """The layout whose score-stage folder holds run ``which``'s vectors scored on the panel of ``run_id``
+    against ``previous_run_id`` (``which`` is one of the two)."""
+    return RunLayout(which, scores_dir=RunLayout(run_id).panel_scores(previous_run_id, which))
 
 
 def read_panel(storage: Storage, run_id: str, previous_run_id: str) -> PanelInfo | None:
     """The committed panel of ``run_id`` against ``previous_run_id``, or None when none was made."""
-    rel = f"{panel_dir(run_id, previous_run_id)}/{MARKER}"
+    rel = RunLayout(run_id).panel_marker(previous_run_id)
     if not storage.exists(rel):
         return None
     data = storage.read_json(rel)
@@ -102,11 +99,11 @@ def score_common_panel(storage: Storage, run_id: str, previous_run_id: str, mani
         for which in (run_id, previous_run_id):
             say(f"common panel: scoring run {which}'s vectors on the {shared} items both runs share")
             score_run(storage, which, panel, tag_categories, settings, category_weights=category_weights,
-                      progress=say, out_dir=panel_scores_path(run_id, previous_run_id, which).rsplit("/", 1)[0])
+                      progress=say, out_dir=panel_layout(run_id, previous_run_id, which).scores)
     elif reason:
         say(f"common panel vs {previous_run_id}: not scored: {reason}")
     record = PanelInfo(**info, identical=identical, reason=reason)
-    storage.write_json(f"{panel_dir(run_id, previous_run_id)}/{MARKER}",
+    storage.write_json(RunLayout(run_id).panel_marker(previous_run_id),
                        {**record.__dict__, "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
     return record
 

@@ -17,11 +17,10 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from embedeval.io.commit import Commit, CommitError, commit, read_commit, uncommit, write_table
+from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.scoring.schema import ScoreRow, scores_table
-
-MARKER = "_COMMITTED.json"
-_FILES = ("rows", "ambiguity", "examples")
 
 
 @dataclass
@@ -58,21 +57,18 @@ class ScoreParts:
     out_dir: str | None = None       # the score stage's output folder; default runs/<run_id>/scores
 
     def unit_dir(self, model: str, key: str) -> str:
-        return f"{self.out_dir or f'runs/{self.run_id}/scores'}/parts/model={model}/unit={unit_slug(key)}"
+        return RunLayout(self.run_id, scores_dir=self.out_dir).score_unit(model, unit_slug(key))
 
-    def _marker(self, model: str, key: str) -> dict[str, Any] | None:
-        rel = f"{self.unit_dir(model, key)}/{MARKER}"
-        if not self.storage.exists(rel):
-            return None
+    def _marker(self, model: str, key: str) -> Commit | None:
         try:
-            marker = self.storage.read_json(rel)
-        except ValueError:
-            return None
-        return marker if isinstance(marker, dict) else None
+            return read_commit(self.storage, self.unit_dir(model, key))
+        except CommitError:
+            return None   # unreadable (or written by an older format): the unit is recomputed
 
     def has(self, model: str, key: str, fingerprint: str) -> bool:
         marker = self._marker(model, key)
-        return marker is not None and marker.get("fingerprint") == fingerprint and marker.get("key") == key
+        return (marker is not None and marker.fields.get("fingerprint") == fingerprint
+                and marker.fields.get("key") == key)
 
     def commit(self, model: str, key: str, fingerprint: str, result: UnitResult) -> None:
         """Write the unit's files, then its marker (the commit). Failed results are kept in memory only."""
@@ -81,14 +77,9 @@ class ScoreParts:
             return
         self.pending.pop((model, key), None)
         base = self.unit_dir(model, key)
-        files = {}
-        for name, table in result.tables().items():
-            rel = f"{base}/{name}.parquet"
-            self.storage.write_parquet(rel, table)
-            files[name] = {"path": rel, "rows": table.num_rows,
-                           "sha256": hashlib.sha256(self.storage.read_bytes(rel)).hexdigest()}
-        self.storage.write_json(f"{base}/{MARKER}", {"key": key, "model": model, "fingerprint": fingerprint,
-                                                     "files": files})
+        uncommit(self.storage, base)
+        files = [write_table(self.storage, f"{base}/{name}.parquet", table) for name, table in result.tables().items()]
+        commit(self.storage, base, files, key=key, model=model, fingerprint=fingerprint)
 
     def collect(self, units_by_model: dict[str, Iterable[Any]]
                 ) -> tuple[list[pa.Table], list[pa.Table], list[pa.Table]]:
@@ -106,7 +97,7 @@ class ScoreParts:
                 if marker is None:
                     raise RuntimeError(f"score unit {model}/{unit.key} has no committed result")
                 for name, out in (("rows", rows), ("ambiguity", ambiguity), ("examples", examples)):
-                    info = marker["files"].get(name)
-                    if info is not None:
-                        out.append(self.storage.read_parquet([info["path"]]))
+                    entry = marker.file(f"{name}.parquet")
+                    if entry is not None:
+                        out.append(self.storage.read_parquet([entry.path]))
         return rows, ambiguity, examples

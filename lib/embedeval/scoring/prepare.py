@@ -33,22 +33,22 @@ import pyarrow.parquet as pq
 from embedeval.engine.runner import RayRunner, TileRunner
 from embedeval.engine.sources import StoredBlocks
 from embedeval.engine.tiles import pack_in_order
+from embedeval.io.commit import CommitError, commit, read_commit, write_table
 from embedeval.io.embeddings import CommitRecord, partition_dir, read_commit_marker, vectors_from_table
+from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError
 
 log = logging.getLogger(__name__)
 
 BLOCKS_FORMAT = 1
-MARKER = "_COMMITTED.json"
 DEFAULT_BLOCK_ROWS = 32768
 DEFAULT_WAVE_BYTES = 256 * 1024 * 1024
 
 
 def blocks_dir(run_id: str, model: str, modality: str, out_dir: str | None = None) -> str:
-    """Where a partition's prepared blocks go: under the score stage's output folder (``out_dir``, default
-    ``runs/<run_id>/scores``)."""
-    return f"{out_dir or f'runs/{run_id}/scores'}/blocks/model={model}/modality={modality}"
+    """Where a partition's prepared blocks go: under the score stage's folder (``out_dir`` moves it)."""
+    return RunLayout(run_id, scores_dir=out_dir).partition_blocks(model, modality)
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,9 @@ def prepare_partition(storage: Storage, run_id: str, model: str, modality: str, 
 
     rows = manifest_rows[position]
     subs = np.asarray(kept.column("sub").to_numpy(), dtype=np.int16)
-    storage.write_parquet(f"{prefix}/index.parquet", pa.table({"manifest_row": rows, "sub": subs}))
-    storage.write_json(f"{prefix}/{MARKER}", {
-        "format_version": BLOCKS_FORMAT, "fingerprint": fingerprint, "rows": int(n), "dim": record.dim,
-        "offsets": offsets.tolist(), "excluded": {k: v for k, v in excluded.items() if v}})
+    index = write_table(storage, f"{prefix}/index.parquet", pa.table({"manifest_row": rows, "sub": subs}))
+    commit(storage, prefix, [index], format_version=BLOCKS_FORMAT, fingerprint=fingerprint, rows=int(n),
+           dim=record.dim, offsets=offsets.tolist(), excluded={k: v for k, v in excluded.items() if v})
     source = StoredBlocks(storage, prefix, int(n), record.dim, offsets, tag=fingerprint)
     emb = ModalityEmbeddings(modality, source, rows, subs, {k: v for k, v in excluded.items() if v})
     return PreparedPartition(emb, record.model_info)
@@ -131,14 +130,16 @@ def _fingerprint(record: CommitRecord, catalogue: CatalogueView, block_rows: int
 
 
 def _read_blocks_marker(storage: Storage, prefix: str, fingerprint: str) -> ModalityEmbeddings | None:
-    if not storage.exists(f"{prefix}/{MARKER}"):
-        return None
     try:
-        marker = storage.read_json(f"{prefix}/{MARKER}")
-        if marker.get("fingerprint") != fingerprint or marker.get("format_version") != BLOCKS_FORMAT:
+        found = read_commit(storage, prefix)
+        if found is None:
             return None
-        index = storage.read_parquet([f"{prefix}/index.parquet"])
-    except (ValueError, KeyError, OSError, pa.ArrowException):
+        marker = found.fields
+        entry = found.file("index.parquet")
+        if marker.get("fingerprint") != fingerprint or marker.get("format_version") != BLOCKS_FORMAT or entry is None:
+            return None
+        index = storage.read_parquet([entry.path])
+    except (CommitError, ValueError, KeyError, OSError, pa.ArrowException):
         return None  # unreadable: rebuilt below
     offsets = np.asarray(marker["offsets"], dtype=np.int64)
     source = StoredBlocks(storage, prefix, int(marker["rows"]), int(marker["dim"]), offsets, tag=fingerprint)

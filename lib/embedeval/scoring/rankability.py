@@ -128,11 +128,6 @@ def project(source: BlockSource, axes: np.ndarray, runner: TileRunner | None = N
     return out
 
 
-def extremes_axis(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x of the largest attribute minus x of the smallest (first occurrence on ties)."""
-    return X[int(np.argmax(y))].astype(np.float64) - X[int(np.argmin(y))].astype(np.float64)
-
-
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Spearman of two (r, n) arrays (average ranks for ties, as scipy); NaN for constant rows."""
     return _pearson_rows(rankdata(np.atleast_2d(a), axis=1), rankdata(np.atleast_2d(b), axis=1))

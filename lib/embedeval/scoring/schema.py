@@ -1,4 +1,5 @@
-"""The scores contract: one tidy (long) table per run, ``runs/<run_id>/scores/scores.parquet``.
+"""The scores contract: one tidy (long) table per run, ``runs/<run_id>/scores/scores.parquet``
+(its path: :class:`embedeval.io.layout.RunLayout`; its commit: :mod:`embedeval.io.score_files`).
 
 One row per score identity (model, task, target, metric, k, split, protocol). ``protocol`` names the
 *definition* of the number (``per-anchor``, ``all-pairs``, ``regression``, ``zs-sbir``...) and never a count
@@ -16,8 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
-
-SCORES_PATH = "scores/scores.parquet"
 
 SCORES_SCHEMA = pa.schema(
     [
