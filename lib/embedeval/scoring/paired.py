@@ -16,6 +16,7 @@ values plus O(resamples x models) resampled means per score, one score at a time
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,13 @@ from embedeval.scoring.schema import COMPARISONS_PATH, COMPARISONS_SCHEMA, param
 from embedeval.scoring.settings import ScoreSettings
 
 __all__ = ["COMPARISONS_PATH", "PairedResult", "compare_models", "paired_bootstrap", "paired_seed", "ranks_of"]
+
+log = logging.getLogger(__name__)
+
+
+class _RepeatedItems(Exception):
+    """A model's per-item values of one score list an item twice."""
+
 
 _IDENTITY = ("task", "target", "metric", "k", "split", "protocol")
 
@@ -94,7 +102,7 @@ def _shared_matrix(group: pa.Table) -> tuple[list[str], np.ndarray]:
     for model in models:
         at = np.flatnonzero(model_col == model)
         if np.unique(codes[at]).size != at.size:
-            raise ValueError(f"per-item values of model {model!r} repeat an item")
+            raise _RepeatedItems(model)
         per_model[model] = (codes[at], values[at])
     shared = per_model[models[0]][0]
     for model in models[1:]:
@@ -123,7 +131,12 @@ def compare_models(per_item: pa.Table, settings: ScoreSettings) -> pa.Table:
                                     for c in _IDENTITY))
     for group in groups:
         identity = {c: group.column(c)[0].as_py() for c in _IDENTITY}
-        models, matrix = _shared_matrix(group)
+        try:
+            models, matrix = _shared_matrix(group)
+        except _RepeatedItems as exc:
+            # two units of one model gave one score identity (e.g. corrembed on two modalities): not comparable
+            log.warning("paired comparison of %s skipped: model %s has repeated items", identity, exc)
+            continue
         if len(models) < 2 or matrix.shape[1] < 2:
             continue
         seed = paired_seed(settings.seed, **identity)

@@ -66,3 +66,8 @@ def per_item_table(row: ScoreRow, ids: pa.Array | list[str], values: np.ndarray,
 def ids_of(ctx_catalogue_ids: pa.Array, manifest_rows: np.ndarray) -> pa.Array:
     """The manifest ids of ``manifest_rows`` (an Arrow take; O(len(rows)))."""
     return ctx_catalogue_ids.take(pa.array(np.asarray(manifest_rows, dtype=np.int64)))
+
+
+def concat_per_item(tables: list[pa.Table]) -> pa.Table | None:
+    """One unit's per-item tables as one (None when there are none)."""
+    return pa.concat_tables(tables) if tables else None
