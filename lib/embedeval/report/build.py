@@ -1,6 +1,8 @@
 """``embedeval report``: scores table -> leaderboard.md, report.html, plots/*.png, diff.md under
 ``runs/<run_id>/report/``.
 
+With ``scores/comparisons.parquet`` (the paired model comparison) the leaderboard marks models not
+separable from a column's best (≈), both pages gain a pairwise table and the plots a P(A > B) matrix.
 Reads only the run's ``scores/`` files (and the previous run's scores table for the diff) through
 :class:`Storage`, so it works the same on a local folder and on s3://. Everything is rendered in memory
 first and written at the end; the plots folder is cleared before writing so a rebuilt report never keeps a
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from embedeval.io.storage import Storage
+from embedeval.report.comparisons import load_comparisons, mark_near_best, pairwise_table, plot_p_better
 from embedeval.report.diff import RunDiff, diff_scores, diff_sections, diff_title
 from embedeval.report.examples import ImageLoader, example_plots
 from embedeval.report.html import HtmlInputs, render_html
@@ -69,9 +72,20 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
 
     board = build_leaderboard(rows, settings.headline_metrics())
     diff = compute_diff(storage, run_id, rows, previous_run_id)
+    comparisons = load_comparisons(storage, run_id)
+    pairwise = None
+    if comparisons is not None:
+        mark_near_best(board, comparisons)
+        pairwise = pairwise_table(board, comparisons)
 
     style = Style(board.models, board.random, settings.dpi)
     plots, notes = score_plots(rows, style, settings)
+    if comparisons is not None:
+        matrix = plot_p_better(board, comparisons, style)
+        if matrix is not None:
+            plots.append(matrix)
+        else:
+            notes.append("paired comparison plot: no headline column has two models with paired intervals")
     examples, example_notes = example_plots(storage, run_id, style, image_loader, settings.max_prototypes,
                                             settings.max_thumbnails, settings.max_ambiguity, settings.thumbnail_px)
     notes += example_notes
@@ -79,7 +93,7 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     sections = diff_sections(diff)
     title = diff_title(diff)
     page = render_html(HtmlInputs(settings.title, run_id, run_date, generated, board, rows, plots, examples, notes,
-                                  title, sections, settings.include_tidy_table))
+                                  title, sections, settings.include_tidy_table, pairwise))
 
     out = report_dir(run_id)
     storage.delete_dir(f"{out}/plots")
@@ -87,7 +101,7 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     for p in plots + examples:
         storage.write_bytes(f"{out}/plots/{p.name}.png", p.png)
         plot_uris.append(storage.uri(f"{out}/plots/{p.name}.png"))
-    storage.write_bytes(f"{out}/leaderboard.md", leaderboard_markdown(board, run_id, run_date, generated).encode())
+    storage.write_bytes(f"{out}/leaderboard.md", leaderboard_markdown(board, run_id, run_date, generated, pairwise).encode())
     storage.write_bytes(f"{out}/diff.md", (f"# {title}\n\n" + sections_markdown(sections)).encode())
     storage.write_bytes(f"{out}/report.html", page.encode())
     return ReportPaths(storage.uri(f"{out}/leaderboard.md"), storage.uri(f"{out}/report.html"),
