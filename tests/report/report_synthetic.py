@@ -92,11 +92,12 @@ def previous_rows(run_id: str = "r1") -> list[ScoreRow]:
     return rows
 
 
-def write_scores(storage: Storage, run_id: str, rows: list[ScoreRow], created_at: str | None) -> None:
+def write_scores(storage: Storage, run_id: str, rows: list[ScoreRow], created_at: str | None,
+                 comparisons: object = None) -> None:
     """Commit a score stage's outputs as the score job does (no example tables)."""
     meta = {"run_id": run_id, **({"created_at": created_at} if created_at else {})}
     commit_scores(storage, run_id, scores_table(rows), AMBIGUITY_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table(),
-                  meta)
+                  meta, extra={"comparisons": comparisons} if comparisons is not None else None)
 
 
 def populate(storage: Storage) -> None:

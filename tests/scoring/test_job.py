@@ -86,7 +86,8 @@ def test_score_run_end_to_end(tmp_path: Path, rng: np.random.Generator, ray_loca
     df = pl.read_parquet(tmp_path / "runs" / RUN / "scores" / "scores.parquet")
     assert df.height == table.num_rows > 0
     assert df.filter(pl.col("metric") == "failed").height == 0, df.filter(pl.col("metric") == "failed")["note"].to_list()
-    assert set(df["task"].unique()) == {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap", "zeroshot"}
+    assert set(df["task"].unique()) == {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap",
+                                      "zeroshot", "probes"}
     assert set(df.filter(pl.col("model") == "rand")["weights_random"].unique()) == {True}
     assert set(df.filter(pl.col("model") == "good")["weights_random"].unique()) == {False}
     assert (df["seconds"] >= 0).all() and (df["run_id"] == RUN).all()
@@ -120,6 +121,18 @@ def test_score_run_end_to_end(tmp_path: Path, rng: np.random.Generator, ray_loca
     assert set(amb["kind"].unique()) <= {"pair", "item"} and amb.height > 0
     assert set(protos["model"].unique()) == {"good", "rand"}
     assert any("corrembed" in m for m in messages)
+    assert value("good", "probes", "image", "linear_probe", split="test") > 0.8
+    # per-item values of every mean score, and the paired comparison of the two models from them
+    per_item = pl.read_parquet(tmp_path / "runs" / RUN / "scores" / "per_item.parquet")
+    probe = df.filter((pl.col("model") == "good") & (pl.col("metric") == "linear_probe"))
+    mine = per_item.filter((pl.col("model") == "good") & (pl.col("metric") == "linear_probe"))
+    assert mine.height == probe["n"][0] and mine["value"].mean() == pytest.approx(probe["value"][0], abs=1e-12)
+    comparisons = pl.read_parquet(tmp_path / "runs" / RUN / "scores" / "comparisons.parquet")
+    pair = comparisons.filter((pl.col("kind") == "pair") & (pl.col("metric") == "linear_probe")
+                              & (pl.col("model_a") == "good"))
+    assert pair.height == 1 and pair["model_b"][0] == "rand" and pair["separable"][0]
+    assert {"corrembed", "retrieval", "probes"} <= set(per_item["task"].unique())
+    assert {"corrembed", "probes"} == set(comparisons["task"].unique())   # 'rand' has no text or sketches
 
     # recomputed from scratch in-process with other query chunks: the same bits, the same row order
     storage.delete_dir(f"runs/{RUN}/scores")

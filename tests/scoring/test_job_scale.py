@@ -82,7 +82,9 @@ def test_the_driver_never_allocates_an_n_by_d_matrix(tmp_path: Path, ray_local: 
     settings = ScoreSettings(use_ray=True, corr_anchors=500, corr_ks=[10], bootstrap_resamples=20, kmeans_iters=5,
                              kmeans_init="k-means||", ambiguity_max_items=300, caption_max_queries=300,
                              label_pairs=[], fewshot_ns=[5], fewshot_repeats=2, spearman_max_pairs=2000,
-                             block_rows=4096, block_size=2048)
+                             block_rows=4096, block_size=2048,
+                             # the logistic probe gathers max_train rows on the driver (its stated bound)
+                             options={"probes": {"max_train": 1000, "c_grid": [1.0], "knn_ks": [5]}})
 
     # warm up on a tiny run first, so the measured peak holds data, not the modules imported on first use
     # (scipy, scikit-learn and Ray's own code add tens of MiB of Python objects the first time)
@@ -102,7 +104,8 @@ def test_the_driver_never_allocates_an_n_by_d_matrix(tmp_path: Path, ray_local: 
     finally:
         tracemalloc.stop()
     assert not [m for m in table.column("metric").to_pylist() if m == "failed"]
-    assert {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap"} <= set(table.column("task").to_pylist())
+    assert {"corrembed", "rankability", "retrieval", "prototypes", "modality_gap", "probes"} <= \
+        set(table.column("task").to_pylist())
     # O(N) arrays, samples, states and bootstrap chunks stay below one N x d float32 matrix (35 MiB here;
     # 26 MiB measured): the vectors themselves never pass through the driver
     assert peak < matrix_bytes, f"driver peak {peak / 2**20:.1f} MiB vs one N x d matrix {matrix_bytes / 2**20:.1f} MiB"

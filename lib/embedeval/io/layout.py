@@ -14,7 +14,8 @@ by older runs, so names here change only with a migration::
     runs/<id>/embeddings/model=<m>/modality=<x>/part-*.parquet + _COMMITTED.json
     runs/<id>/scores/blocks/model=<m>/modality=<x>/block-*.npy, index.parquet + _COMMITTED.json
     runs/<id>/scores/parts/model=<m>/unit=<slug>/*.parquet + _COMMITTED.json
-    runs/<id>/scores/scores.parquet, ambiguity.parquet, prototypes.parquet + _COMMITTED.json
+    runs/<id>/scores/scores.parquet, ambiguity.parquet, prototypes.parquet,
+                     per_item.parquet, comparisons.parquet + _COMMITTED.json
     runs/<id>/scores/panel/vs=<prev>/_PANEL.json   the common panel against run <prev> (scoring/panel.py)
     runs/<id>/scores/panel/vs=<prev>/run=<r>/...   a score stage's folder (as scores/ above) for run r's vectors
     runs/<id>/report/leaderboard.md, report.html, diff.md, plots/*.png + _COMMITTED.json
@@ -103,6 +104,10 @@ class RunLayout:
     @property
     def prototypes_table(self) -> str:
         return _join(self.scores, "prototypes.parquet")
+
+    def score_file(self, name: str) -> str:
+        """A table of the score stage's folder by file name (``per_item.parquet``, ``comparisons.parquet``)."""
+        return _join(self.scores, name)
 
     @property
     def blocks(self) -> str:

@@ -18,20 +18,25 @@ from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 
 FORMAT_VERSION = 1
-ScoreTable = Literal["scores", "ambiguity", "prototypes"]
+ScoreTable = Literal["scores", "ambiguity", "prototypes", "per_item", "comparisons"]
 _FILES: dict[str, str] = {"scores": "scores.parquet", "ambiguity": "ambiguity.parquet",
-                          "prototypes": "prototypes.parquet"}
+                          "prototypes": "prototypes.parquet", "per_item": "per_item.parquet",
+                          "comparisons": "comparisons.parquet"}
 
 
 def commit_scores(storage: Storage, run_id: str, scores: pa.Table, ambiguity: pa.Table, prototypes: pa.Table,
-                  metadata: dict[str, str], *, layout: RunLayout | None = None) -> None:
-    """Write the three tables (each stamped with ``metadata``), then the stage marker listing them.
-    ``layout`` (default ``RunLayout(run_id)``) may move the folder (a common panel's)."""
+                  metadata: dict[str, str], *, layout: RunLayout | None = None,
+                  extra: dict[str, pa.Table] | None = None) -> None:
+    """Write the tables (each stamped with ``metadata``), then the stage marker listing them.
+    ``layout`` (default ``RunLayout(run_id)``) may move the folder (a common panel's); ``extra`` adds
+    ``per_item`` / ``comparisons`` tables (the paired model comparison)."""
     layout = layout or RunLayout(run_id)
     uncommit(storage, layout.scores)   # a rerun: readers see no scores until the new ones are committed
     files = [write_table(storage, layout.ambiguity_table, ambiguity, metadata),
              write_table(storage, layout.prototypes_table, prototypes, metadata),
              write_table(storage, layout.scores_table, scores, metadata)]
+    for name, table in (extra or {}).items():
+        files.append(write_table(storage, layout.score_file(_FILES[name]), table, metadata))
     commit(storage, layout.scores, files, format_version=FORMAT_VERSION, run_id=run_id, metadata=metadata)
 
 

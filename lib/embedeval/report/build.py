@@ -1,6 +1,8 @@
 """``embedeval report``: scores table -> leaderboard.md, report.html, plots/*.png, diff.md under
 ``runs/<run_id>/report/``.
 
+With ``scores/comparisons.parquet`` (the paired model comparison) the leaderboard marks models not
+separable from a column's best (≈), both pages gain a pairwise table and the plots a P(A > B) matrix.
 Reads only the run's committed ``scores/`` files (and the previous run's scores table for the diff) through
 :class:`Storage`, so it works the same on a local folder and on s3://. Everything is rendered in memory
 first and written at the end, by the commit protocol of every stage (:mod:`embedeval.io.commit`): the
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from embedeval.io.commit import commit, uncommit, write_file
 from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
+from embedeval.report.comparisons import load_comparisons, mark_near_best, pairwise_table, plot_p_better
 from embedeval.report.diff import (RunDiff, diff_scores, diff_sections, diff_title, like_for_like_sections,
                                    regression_lines)
 from embedeval.report.examples import ImageLoader, example_plots
@@ -73,9 +76,20 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
 
     board = build_leaderboard(rows, settings.headline_metrics())
     diff = compute_diff(storage, run_id, rows, previous_run_id)
+    comparisons = load_comparisons(storage, run_id)
+    pairwise = None
+    if comparisons is not None:
+        mark_near_best(board, comparisons)
+        pairwise = pairwise_table(board, comparisons)
 
     style = Style(board.models, board.random, settings.dpi)
     plots, notes = score_plots(rows, style, settings)
+    if comparisons is not None:
+        matrix = plot_p_better(board, comparisons, style)
+        if matrix is not None:
+            plots.append(matrix)
+        else:
+            notes.append("paired comparison plot: no headline column has two models with paired intervals")
     examples, example_notes = example_plots(storage, run_id, style, image_loader, settings.max_prototypes,
                                             settings.max_thumbnails, settings.max_ambiguity, settings.thumbnail_px)
     notes += example_notes
@@ -85,14 +99,14 @@ def build_report(storage: Storage, run_id: str, *, previous_run_id: str | None =
     sections[1:1] = like_sections
     title = diff_title(diff)
     page = render_html(HtmlInputs(settings.title, run_id, run_date, generated, board, rows, plots, examples, notes,
-                                  title, sections, settings.include_tidy_table))
+                                  title, sections, settings.include_tidy_table, pairwise))
 
     layout = RunLayout(run_id)
     uncommit(storage, layout.report)
     storage.delete_dir(layout.plots)
     files = [write_file(storage, layout.plot(p.name), p.png) for p in plots + examples]
     files.append(write_file(storage, layout.report_file("leaderboard.md"),
-                            leaderboard_markdown(board, run_id, run_date, generated).encode()))
+                            leaderboard_markdown(board, run_id, run_date, generated, pairwise).encode()))
     files.append(write_file(storage, layout.report_file("diff.md"),
                             (f"# {title}\n\n" + sections_markdown(sections)).encode()))
     files.append(write_file(storage, layout.report_file("report.html"), page.encode()))

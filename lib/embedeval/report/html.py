@@ -9,6 +9,8 @@ import html
 from dataclasses import dataclass
 
 from embedeval.report.leaderboard import (
+    NEAR_BEST_LEGEND,
+    PAIRWISE_INTRO,
     BEST_MARK,
     Leaderboard,
     columns_table,
@@ -115,6 +117,7 @@ class HtmlInputs:
     diff_title: str
     diff_sections: list[Section]
     include_tidy_table: bool = True
+    pairwise: Table | None = None     # the paired model comparison (None: the run has none)
 
 
 def png_data_uri(png: bytes) -> str:
@@ -165,9 +168,13 @@ def render_html(x: HtmlInputs) -> str:
         parts.append(f'<div class="wide">{to_html(leaderboard_table(b), css="leaderboard", sortable=True)}</div>')
         parts.append(f'<p class="legend">{BEST_MARK} on yellow: best real (non-random) model per column; ties all '
                      "marked. Cells: value and [bootstrap 95% CI]. ↓: lower is better. Order: mean rank over the "
-                     "columns a model has; random-weight models last. Click a header to sort.</p>")
+                     "columns a model has; random-weight models last. Click a header to sort."
+                     + (" " + html.escape(NEAR_BEST_LEGEND) if x.pairwise is not None else "") + "</p>")
         parts.append("<h3>Columns</h3>")
         parts.append(f'<div class="wide">{to_html(columns_table(b))}</div>')
+        if x.pairwise is not None and x.pairwise.rows:
+            parts.append(f'<h3 id="pairwise">Pairwise comparison</h3><p class="legend">{html.escape(PAIRWISE_INTRO)}</p>')
+            parts.append(f'<div class="wide">{to_html(x.pairwise, sortable=True)}</div>')
     else:
         parts.append("<p>No headline metric of the report settings is present in this run's scores.</p>")
     if b.notes:

@@ -23,6 +23,10 @@ from embedeval.scoring.schema import ScoreRow
 
 RANDOM_FLAG = "⚠ RANDOM WEIGHTS — not a real model"
 BEST_MARK = "★"
+NEAR_BEST_MARK = "≈"   # not separable from the best (paired comparison, report/comparisons.py)
+NEAR_BEST_LEGEND = (f"{NEAR_BEST_MARK}: not separable from the best model of the column — the paired bootstrap "
+                    "95% interval of their difference (both models resampled on the same items, "
+                    "the comparisons table of the score stage) includes 0.")
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Leaderboard:
     random: set[str]
     mean_rank: dict[str, float | None]
     notes: list[str] = field(default_factory=list)      # e.g. "corr_knn k=10 absent; k=50 used"
+    near_best: dict[int, set[str]] = field(default_factory=dict)  # column -> models not separable from its best
 
     def n_text(self, col: int) -> str:
         """n of a column: one number, or the range when models were scored on different n."""
@@ -166,6 +171,9 @@ def build_leaderboard(rows: list[ScoreRow], specs: list[HeadlineMetric]) -> Lead
 
 
 RANDOM_FLAG_SHORT = "⚠ RANDOM WEIGHTS"
+PAIRWISE_INTRO = ("Each pair of models on each headline column, scored on the items both have and resampled "
+                  "with the same bootstrap indices: the difference A − B with its paired 95% interval, the share "
+                  "of resamples in which A scores higher, and whether the interval excludes 0 (separable).")
 
 
 def model_cell(model: str, random: set[str], short: bool = False) -> Cell:
@@ -188,6 +196,8 @@ def leaderboard_table(board: Leaderboard) -> Table:
                 continue
             is_best = m in board.best.get(ci, set())
             text, interval = format_score(row.value, row.ci_low, row.ci_high)
+            if m in board.near_best.get(ci, set()):
+                text = f"{NEAR_BEST_MARK} {text}"
             cells.append(Cell(f"{BEST_MARK} {text}" if is_best else text, emphasis=is_best,
                               css="best" if is_best else None,
                               sort=None if is_missing(row.value) else float(row.value),  # type: ignore[arg-type]
@@ -214,8 +224,10 @@ def random_banner_text(random: set[str]) -> str:
             "marked best.")
 
 
-def leaderboard_markdown(board: Leaderboard, run_id: str, run_date: str, generated: str) -> str:
-    """The whole leaderboard.md: header, random-weights banner, ranked table, legend, column definitions."""
+def leaderboard_markdown(board: Leaderboard, run_id: str, run_date: str, generated: str,
+                         pairwise: Table | None = None) -> str:
+    """The whole leaderboard.md: header, random-weights banner, ranked table, legend, column definitions,
+    and the pairwise comparison table when the run has one."""
     out = [f"# Leaderboard — run `{run_id}`", ""]
     if board.random:
         out += [f"> **{random_banner_text(board.random)}**", ""]
@@ -230,11 +242,14 @@ def leaderboard_markdown(board: Leaderboard, run_id: str, run_date: str, generat
         out += [to_markdown(leaderboard_table(board)),
                 f"{BEST_MARK} and bold: best real (non-random) model per column; ties are all marked. "
                 "Cells: value [bootstrap 95% CI]. ↓ after a column name: lower is better. "
-                "Order: mean rank over the columns a model has; random-weight models last.", ""]
+                "Order: mean rank over the columns a model has; random-weight models last."
+                + (" " + NEAR_BEST_LEGEND if pairwise is not None else ""), ""]
     for note in board.notes:
         out += [f"- Note: {note}"]
     if board.notes:
         out.append("")
     if board.columns:
         out += ["## Columns", "", to_markdown(columns_table(board))]
+    if pairwise is not None and pairwise.rows:
+        out += ["", "## Pairwise comparison", "", PAIRWISE_INTRO, "", to_markdown(pairwise)]
     return "\n".join(out).rstrip() + "\n"

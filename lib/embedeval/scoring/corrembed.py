@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from embedeval.engine.gram import (GramStats, all_pairs_from_stats, anchor_sums_from_stats, gram_stats_blocks,
@@ -47,6 +48,7 @@ from embedeval.scoring.bootstrap import NO_INTERVAL, Interval, bootstrap_mean, b
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.corrembed_paper import PAPER_CODE, CorrembedOptions, score_paper_code
 from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.per_item import concat_per_item, ids_of, per_item_table
 from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
 from embedeval.scoring.tags import TagVectors, sparse_row_dots
@@ -73,20 +75,24 @@ def mean_of_defined(r: np.ndarray) -> tuple[float | None, np.ndarray, int]:
     return (float(r[ok].mean()) if ok.any() else None), r[ok], int((~ok).sum())
 
 
-def score_corrembed(ctx: TaskContext, emb: ModalityEmbeddings, tag_vectors: list[TagVectors]) -> list[ScoreRow]:
-    """Every corrembed row for every target, for one modality's embeddings, for each configured protocol."""
+def score_corrembed(ctx: TaskContext, emb: ModalityEmbeddings, tag_vectors: list[TagVectors],
+                    per_item: list[pa.Table] | None = None) -> list[ScoreRow]:
+    """Every corrembed row for every target, for one modality's embeddings, for each configured protocol.
+    ``per_item``, when given, receives the per-anchor values of every per-anchor row
+    (:mod:`embedeval.scoring.per_item`)."""
     emb = emb.first_per_item()
     options = ctx.settings.options_for(TASK) or CorrembedOptions()
     rows: list[ScoreRow] = []
     if PER_ANCHOR in options.protocols:
         for tv in tag_vectors:
-            rows.extend(_score_target(ctx, emb, tv))
+            rows.extend(_score_target(ctx, emb, tv, per_item))
     if PAPER_CODE in options.protocols:
         rows.extend(score_paper_code(ctx, emb, tag_vectors, options))
     return rows
 
 
-def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> list[ScoreRow]:
+def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors,
+                  per_item: list[pa.Table] | None = None) -> list[ScoreRow]:
     s = ctx.settings
     target = tv.target
     has = tv.has_vector[emb.rows]
@@ -116,6 +122,9 @@ def _score_target(ctx: TaskContext, emb: ModalityEmbeddings, tv: TagVectors) -> 
         note = join_notes(f"{dropped} anchors with undefined correlation dropped" if dropped else None, extra, base)
         rows.append(ctx.row(TASK, target, metric, value, ok.size, seconds, k=k, protocol=PER_ANCHOR,
                             params=anchor_params, ci_low=ci.low, ci_high=ci.high, note=note))
+        if per_item is not None and ok.size:
+            defined = anchors[np.isfinite(np.asarray(r, dtype=np.float64))]
+            per_item.append(per_item_table(rows[-1], ids_of(ctx.catalogue.ids, sub.rows[defined]), ok))
 
     t_blocks = [T[lo:hi] for lo, hi in zip(E.offsets[:-1], E.offsets[1:])]
     with stopwatch() as t_gram:
@@ -227,6 +236,12 @@ def _spearman_row(ctx: TaskContext, E: BlockSource, T: Any, target: str, base: s
                                    "no bootstrap interval (pairs share items)", base))
 
 
+def _run(ctx: TaskContext, emb: ModalityEmbeddings, tag_vectors: list[TagVectors]) -> UnitResult:
+    per_item: list[pa.Table] = []
+    rows = score_corrembed(ctx, emb, tag_vectors, per_item)
+    return UnitResult(rows, per_item=concat_per_item(per_item))
+
+
 def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
     """One unit per modality in ``corr_modalities``; without a tags column a skipped row says why."""
     units: list[ScoreUnit] = []
@@ -238,7 +253,7 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
                 TASK, "all", "corrembed", None, 0, 0.0, protocol=PER_ANCHOR,
                 note=f"skipped: the manifest has no 'tags' column ({m})")])))
             continue
-        units.append(ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: UnitResult(score_corrembed(ctx, e[m], tv))))
+        units.append(ScoreUnit(TASK, m, (m,), lambda ctx, e, tv, m=m: _run(ctx, e[m], tv)))
     return units
 
 

@@ -37,7 +37,9 @@ from embedeval.io.score_files import commit_scores
 from embedeval.io.storage import Storage
 from embedeval.scoring.context import CatalogueView, ModalityEmbeddings, ScoringError, TaskContext, stopwatch
 from embedeval.scoring import registry
+from embedeval.scoring.paired import compare_models
 from embedeval.scoring.parts import ScoreParts, UnitResult
+from embedeval.scoring.per_item import PER_ITEM_SCHEMA
 from embedeval.scoring.registry import PlanInputs, ScoreUnit
 from embedeval.scoring.prepare import prepare_partition
 from embedeval.scoring.schema import IDENTITY_COLUMNS, scores_table
@@ -59,7 +61,9 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
     ``manifest`` is the accepted table of :func:`embedeval.io.manifest.load_manifest`; ``tag_categories``
     maps tag -> category (per-category CorrEmbed); ``category_weights`` maps category -> weight (the
     paper's weighting; else tags are weighed by informativeness, see :mod:`embedeval.scoring.tags`).
-    Also writes ``ambiguity.parquet`` and ``prototypes.parquet`` next to ``scores.parquet``.
+    Also writes ``ambiguity.parquet`` and ``prototypes.parquet`` next to ``scores.parquet``, every mean
+    score's per-item values (``per_item.parquet``) and the paired model comparison computed from them
+    (``comparisons.parquet``, :mod:`embedeval.scoring.paired`; driver memory O(models x n) per score).
 
     The driver plans and merges: each partition's vectors are prepared once into block files
     (:mod:`embedeval.scoring.prepare`) that tasks read; the driver holds O(N) ids, codes and per-unit
@@ -118,16 +122,18 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
                 parts.commit(model, unit.key, fingerprint, result)
             say(f"score units: {done}/{total} done")
 
-    rows, ambiguity, examples = parts.collect(units_by_model)
-    table = scores_table_from(rows)
+    collected = parts.collect(units_by_model)
+    table = scores_table_from(collected["rows"])
     # created_at orders runs for the report's "difference from the last run"; file times are unreliable on S3.
     meta = {"embedeval.score.settings": settings.model_dump_json(), "embedeval.run_id": run_id,
             "embedeval.score.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     from embedeval.scoring.prototypes import AMBIGUITY_SCHEMA, EXAMPLES_SCHEMA
 
-    # The stage's marker goes last: readers see the three tables together or not at all.
-    commit_scores(storage, run_id, table, _concat(ambiguity, AMBIGUITY_SCHEMA), _concat(examples, EXAMPLES_SCHEMA),
-                  meta, layout=layout)
+    # The stage's marker goes last: readers see the tables together or not at all.
+    per_item = _concat(collected["per_item"], PER_ITEM_SCHEMA)
+    commit_scores(storage, run_id, table, _concat(collected["ambiguity"], AMBIGUITY_SCHEMA),
+                  _concat(collected["examples"], EXAMPLES_SCHEMA), meta, layout=layout,
+                  extra={"per_item": per_item, "comparisons": compare_models(per_item, settings)})
     if not settings.keep_blocks:
         storage.delete_dir(layout.blocks)
     say(f"scores: {table.num_rows} rows for {len(models)} models written to {storage.uri(layout.scores_table)}")

@@ -1,7 +1,8 @@
 """The score stage's commit protocol: every (model, task, target) unit's rows become visible by a marker.
 
 Layout under a run: ``scores/parts/model=<m>/unit=<slug>/`` holding ``rows.parquet`` (rows in the
-scores schema) and, for prototypes, ``ambiguity.parquet`` and ``examples.parquet``; ``_COMMITTED.json``
+scores schema) and, for prototypes, ``ambiguity.parquet`` and ``examples.parquet``; for mean scores
+``per_item.parquet`` (:mod:`embedeval.scoring.per_item`); ``_COMMITTED.json``
 is written last and lists the files with row counts and checksums plus the inputs fingerprint. A reader
 trusts a unit only through its marker and only when the fingerprint matches the current inputs, so a
 kill between two writes, a changed setting or re-embedded vectors all mean "recompute this unit".
@@ -22,14 +23,18 @@ from embedeval.io.layout import RunLayout
 from embedeval.io.storage import Storage
 from embedeval.scoring.schema import ScoreRow, scores_table
 
+_FILES = ("rows", "ambiguity", "examples", "per_item")
+
 
 @dataclass
 class UnitResult:
-    """What one unit produced: score rows and, for prototypes, the two report tables."""
+    """What one unit produced: score rows, for prototypes the two report tables, and the per-item values
+    of its mean scores (for paired model comparison)."""
 
     rows: list[ScoreRow]
     ambiguity: pa.Table | None = None
     examples: pa.Table | None = None
+    per_item: pa.Table | None = None
     committed: bool = True  # False for failed units: shown in this run's table, recomputed next time
 
     def tables(self) -> dict[str, pa.Table]:
@@ -38,6 +43,8 @@ class UnitResult:
             out["ambiguity"] = self.ambiguity
         if self.examples is not None:
             out["examples"] = self.examples
+        if self.per_item is not None:
+            out["per_item"] = self.per_item
         return out
 
 
@@ -81,23 +88,21 @@ class ScoreParts:
         files = [write_table(self.storage, f"{base}/{name}.parquet", table) for name, table in result.tables().items()]
         commit(self.storage, base, files, key=key, model=model, fingerprint=fingerprint)
 
-    def collect(self, units_by_model: dict[str, Iterable[Any]]
-                ) -> tuple[list[pa.Table], list[pa.Table], list[pa.Table]]:
-        """Rows, ambiguity and example tables of every planned unit: committed ones from storage, this
-        run's failed ones from memory. A planned unit with neither is a bug, raised."""
-        rows: list[pa.Table] = []
-        ambiguity: list[pa.Table] = []
-        examples: list[pa.Table] = []
+    def collect(self, units_by_model: dict[str, Iterable[Any]]) -> dict[str, list[pa.Table]]:
+        """Every planned unit's tables by kind (``rows``, ``ambiguity``, ``examples``, ``per_item``):
+        committed ones from storage, this run's failed ones (rows only) from memory. A planned unit
+        with neither is a bug, raised."""
+        out: dict[str, list[pa.Table]] = {name: [] for name in _FILES}
         for model, units in units_by_model.items():
             for unit in units:
                 if (model, unit.key) in self.pending:
-                    rows.append(self.pending[(model, unit.key)].tables()["rows"])
+                    out["rows"].append(self.pending[(model, unit.key)].tables()["rows"])
                     continue
                 marker = self._marker(model, unit.key)
                 if marker is None:
                     raise RuntimeError(f"score unit {model}/{unit.key} has no committed result")
-                for name, out in (("rows", rows), ("ambiguity", ambiguity), ("examples", examples)):
+                for name in _FILES:
                     entry = marker.file(f"{name}.parquet")
                     if entry is not None:
-                        out.append(self.storage.read_parquet([entry.path]))
-        return rows, ambiguity, examples
+                        out[name].append(self.storage.read_parquet([entry.path]))
+        return out

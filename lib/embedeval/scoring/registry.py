@@ -37,6 +37,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "prototypes": "embedeval.scoring.prototypes:SCORE_TASK",
     "modality_gap": "embedeval.scoring.modality_gap:SCORE_TASK",
     "zeroshot": "embedeval.scoring.zeroshot:SCORE_TASK",
+    "probes": "embedeval.scoring.probes:SCORE_TASK",
 }
 
 UnitRun = Callable[["TaskContext", "dict[str, ModalityEmbeddings]", "list[TagVectors] | None"], "UnitResult"]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from embedeval.engine.ranks import Relevance, rank_positives
 from embedeval.engine.runner import TileRunner
@@ -32,6 +33,7 @@ from embedeval.scoring.bootstrap import (bootstrap_gathered, bootstrap_mean, der
                                          resampled_means)
 from embedeval.scoring.context import ModalityEmbeddings, ScoringError, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
+from embedeval.scoring.per_item import concat_per_item, ids_of, per_item_table
 from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.schema import ScoreRow
 
@@ -66,6 +68,7 @@ class CaptionRanks:
     ranks: np.ndarray      # (scored,) int64, 1-based
     skipped: int           # queries without any true match
     sampled_from: int      # queries with a match before sampling (== ranks.size when not sampled)
+    queries: np.ndarray    # (scored,) int64 positions of the scored queries in the query embeddings
 
 
 def caption_ranks(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings,
@@ -89,7 +92,7 @@ def caption_ranks(ctx: TaskContext, queries: ModalityEmbeddings, gallery: Modali
         rng = np.random.default_rng(derive_seed(s.seed, TASK, f"{queries.modality}->{gallery.modality}", "queries"))
         keep = np.sort(keep[rng.choice(keep.size, size=s.caption_max_queries, replace=False)])
     if keep.size == 0:
-        result = CaptionRanks(np.zeros(0, dtype=np.int64), int((~has).sum()), 0)
+        result = CaptionRanks(np.zeros(0, dtype=np.int64), int((~has).sum()), 0, keep)
     else:
         q_src, g_src = ctx.place(queries.source), ctx.place(gallery.source)
         if centred:
@@ -98,7 +101,7 @@ def caption_ranks(ctx: TaskContext, queries: ModalityEmbeddings, gallery: Modali
         lists = rank_positives(query_rows(q_src, keep, ctx.runner), g_src,
                                Relevance(q_codes=queries.rows[keep], g_codes=gallery.rows), best_only=True,
                                chunk_rows=s.block_size, runner=ctx.runner)
-        result = CaptionRanks(np.asarray(lists.ranks, dtype=np.int64), int((~has).sum()), sampled_from)
+        result = CaptionRanks(np.asarray(lists.ranks, dtype=np.int64), int((~has).sum()), sampled_from, keep)
     ctx.shared[key] = result
     return result
 
@@ -125,8 +128,10 @@ def sample_note(result: CaptionRanks) -> str | None:
     return None
 
 
-def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts: ModalityEmbeddings) -> list[ScoreRow]:
-    """image->text and text->image R@K, median/mean rank, and rsum (one image vector per item)."""
+def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts: ModalityEmbeddings,
+                            per_item: list[pa.Table] | None = None) -> list[ScoreRow]:
+    """image->text and text->image R@K, median/mean rank, and rsum (one image vector per item).
+    ``per_item``, when given, receives every R@K row's per-query hits."""
     check_same_dim(images, texts, ctx.model)
     images = images.first_per_item()
     s = ctx.settings
@@ -153,6 +158,9 @@ def score_caption_retrieval(ctx: TaskContext, images: ModalityEmbeddings, texts:
             ci = bootstrap_mean(hits, s.bootstrap_resamples, derive_seed(s.seed, TASK, direction, k), s.confidence)
             rows.append(ctx.row(TASK, direction, f"R@{k}", float(hits.mean()), ranks.size, seconds, k=k,
                                 params=params, ci_low=ci.low, ci_high=ci.high, note=note))
+            if per_item is not None:
+                per_item.append(per_item_table(rows[-1], ids_of(ctx.catalogue.ids, q.rows[result.queries]),
+                                               hits, q.subs[result.queries]))
         for metric, value, fn in (("median_rank", rm.median_rank(ranks), np.median),
                                   ("mean_rank", rm.mean_rank(ranks), np.mean)):
             ci = bootstrap_gathered(ranks.astype(np.float64), lambda a, f=fn: f(a, axis=1), s.bootstrap_resamples,
@@ -187,8 +195,10 @@ SourceTransform = Callable[[BlockSource, BlockSource], "tuple[BlockSource, Block
 
 def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery: ModalityEmbeddings, *,
                           task: str = TASK, variant: str | None = None,
-                          transform: SourceTransform | None = None, note: str | None = None) -> list[ScoreRow]:
+                          transform: SourceTransform | None = None, note: str | None = None,
+                          per_item: list[pa.Table] | None = None) -> list[ScoreRow]:
     """mAP@all, mAP@K and P@K of a->b retrieval where relevance is the same label, per class split.
+    ``per_item``, when given, receives every row's per-query AP or precision.
 
     ``transform`` (e.g. the zero-shot task's text bridges) maps the whole query and gallery sources to
     the vectors actually ranked; its rows carry ``task`` and the protocol ``<variant>`` (``<variant>:zs-sbir``
@@ -217,7 +227,7 @@ def score_label_retrieval(ctx: TaskContext, queries: ModalityEmbeddings, gallery
     rows: list[ScoreRow] = []
     for split, qmask, gmask in splits:
         rows.extend(_label_split(ctx, direction, split, queries, gallery, qmask, gmask, q_codes, g_codes, base,
-                                 task, variant, transform))
+                                 task, variant, transform, per_item))
     return rows
 
 
@@ -231,7 +241,7 @@ def _protocol(ctx: TaskContext, variant: str | None) -> str:
 def _label_split(ctx: TaskContext, direction: str, split: str, queries: ModalityEmbeddings,
                  gallery: ModalityEmbeddings, qmask: np.ndarray, gmask: np.ndarray, q_codes: np.ndarray,
                  g_codes: np.ndarray, base: str | None, task: str = TASK, variant: str | None = None,
-                 transform: SourceTransform | None = None) -> list[ScoreRow]:
+                 transform: SourceTransform | None = None, per_item: list[pa.Table] | None = None) -> list[ScoreRow]:
     s = ctx.settings
     protocol = _protocol(ctx, variant)
     same_space = queries.modality == gallery.modality
@@ -288,7 +298,15 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
                             s.confidence)
         rows.append(ctx.row(task, direction, metric, float(values.mean()), values.size, seconds, k=k, split=split,
                             protocol=protocol, params=params, ci_low=ci.low, ci_high=ci.high, note=note))
+        if per_item is not None:
+            per_item.append(per_item_table(rows[-1], ids_of(ctx.catalogue.ids, queries.rows[qi[pick]]), values))
     return rows
+
+
+def _with_per_item(score: "Callable[[list[pa.Table]], list[ScoreRow]]") -> UnitResult:
+    per_item: list[pa.Table] = []
+    rows = score(per_item)
+    return UnitResult(rows, per_item=concat_per_item(per_item))
 
 
 def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
@@ -296,13 +314,13 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
     have = inputs.modalities
     units: list[ScoreUnit] = []
     if {"image", "text"} <= have:
-        units.append(ScoreUnit(TASK, "image<->text", ("image", "text"), lambda ctx, e, tv: UnitResult(
-            score_caption_retrieval(ctx, e["image"], e["text"]))))
+        units.append(ScoreUnit(TASK, "image<->text", ("image", "text"), lambda ctx, e, tv: _with_per_item(
+            lambda out: score_caption_retrieval(ctx, e["image"], e["text"], out))))
     for pair in inputs.settings.label_pairs:
         a, _, b = pair.partition("->")
         if a in have and b in have:
-            units.append(ScoreUnit(TASK, pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: UnitResult(
-                score_label_retrieval(ctx, e[a], e[b]))))
+            units.append(ScoreUnit(TASK, pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: _with_per_item(
+                lambda out: score_label_retrieval(ctx, e[a], e[b], out))))
     return units
 
 

@@ -92,3 +92,45 @@ def scores_table(rows: list[ScoreRow]) -> pa.Table:
         rec["params"] = params_json(rec["params"])
     table = pa.Table.from_pylist(records, schema=SCORES_SCHEMA)
     return table.sort_by([(k, "ascending") for k in IDENTITY_COLUMNS])
+
+
+
+#: Paired model comparison (:mod:`embedeval.scoring.paired`), one table per run. Per mean score identity
+#: (less the model), over the items every compared model has a value for (``n``), all models resampled
+#: with the *same* bootstrap indices:
+#:
+#: - ``kind = "pair"``: one row per ordered pair (model_a, model_b), a != b. ``diff`` = mean_a - mean_b on
+#:   the shared items, ``diff_low`` / ``diff_high`` its paired percentile interval, ``p_a_better`` the
+#:   share of resamples where mean_a > mean_b (strictly; equal means count for neither), ``separable``
+#:   whether the interval excludes 0.
+#: - ``kind = "rank"``: one row per model (``model_b`` null): ``rank`` = 1 + the number of models with a
+#:   larger mean (1 = best; ties share the better rank), ``rank_low`` / ``rank_high`` the interval of the
+#:   resampled ranks (lower / higher percentile, so they are whole ranks).
+#:
+#: ``params``: JSON ``{"resamples", "seed", "confidence"}``; the seed is derived from the run seed and the
+#: score identity only, so every model of a score sees the same resamples.
+COMPARISONS_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("k", pa.int64(), nullable=True),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),          # pair | rank
+        pa.field("model_a", pa.string(), nullable=False),
+        pa.field("model_b", pa.string(), nullable=True),        # null on rank rows
+        pa.field("n", pa.int64(), nullable=False),              # shared items
+        pa.field("mean_a", pa.float64(), nullable=False),
+        pa.field("mean_b", pa.float64(), nullable=True),
+        pa.field("diff", pa.float64(), nullable=True),
+        pa.field("diff_low", pa.float64(), nullable=True),
+        pa.field("diff_high", pa.float64(), nullable=True),
+        pa.field("p_a_better", pa.float64(), nullable=True),
+        pa.field("separable", pa.bool_(), nullable=True),
+        pa.field("rank", pa.int64(), nullable=True),
+        pa.field("rank_low", pa.int64(), nullable=True),
+        pa.field("rank_high", pa.int64(), nullable=True),
+        pa.field("params", pa.string(), nullable=True),
+    ]
+)
