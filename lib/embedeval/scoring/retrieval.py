@@ -320,7 +320,7 @@ def _plan(inputs: PlanInputs) -> list[ScoreUnit]:
         a, _, b = pair.partition("->")
         if a in have and b in have:
             units.append(ScoreUnit(TASK, pair, tuple(sorted({a, b})), lambda ctx, e, tv, a=a, b=b: _with_per_item(
-                lambda out: score_label_retrieval(ctx, e[a], e[b], out))))
+                lambda out: score_label_retrieval(ctx, e[a], e[b], per_item=out))))
     return units
 
 
