@@ -66,14 +66,14 @@ def test_open_clip_text_tower_embeds_the_runs_prompts_and_zero_shot_scores_them(
     assert expected.num_rows == 2 * len(set(labels_of.values())) + 2
     (prompt_part,) = [p for p in summary.partitions if p.modality == "prompt"]
     assert prompt_part.embedded == prompt_part.inputs == expected.num_rows and not prompt_part.skipped
-    marker = read_commit_marker(storage, "p1", "clip", "prompt")
-    assert marker is not None and marker.rows == expected.num_rows and marker.dim == 512
-
     # The committed vectors are the text tower on the exact prompt strings.
     from embedeval.models.registry import load_model
 
+    model = load_model(SPEC)
     texts = expected.column("source").to_pylist()
-    want = np.asarray(load_model(SPEC).embed_texts(texts), np.float32)
+    want = np.asarray(model.embed_texts(texts), np.float32)
+    marker = read_commit_marker(storage, "p1", "clip", "prompt")
+    assert marker is not None and marker.rows == expected.num_rows and marker.dim == model.info.dim == want.shape[1]
     got = _by_key(read_committed(storage, "p1", "clip", "prompt"))
     keys = list(zip(expected.column("id").to_pylist(), expected.column("sub").to_pylist()))
     assert sorted(got) == sorted(keys)
