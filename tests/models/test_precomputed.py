@@ -158,3 +158,24 @@ def test_keys_are_the_distinct_id_sub_of_one_modality_without_vectors(tmp_path: 
     assert read_precomputed_keys(str(tmp_path / "plain.parquet"), modality="text").num_rows == 0
     assert read_precomputed_keys(str(tmp_path / "plain.parquet")).to_pylist() == [   # no modality: all image
         {"id": "b", "sub": 0}, {"id": "a", "sub": 1}, {"id": "a", "sub": 0}, {"id": "c", "sub": 2}]
+
+
+def test_prompt_rows_are_a_modality_whose_ids_are_labels_and_axis_ids(tmp_path: Path) -> None:
+    """``modality = 'prompt'`` rows load like any modality (ids kept as they are, bad rows refused with reasons)."""
+    dim = 3
+    table = pa.table({
+        "id": ["x", "cat", "cat", "dog", "attr:size:low", "attr:size:high", "dog"],
+        "sub": [0, 0, 1, 0, 0, 0, 1],
+        "modality": ["image", "prompt", "prompt", "prompt", "prompt", "prompt", "prompt"],
+        "vector": [[1.0, 0, 0], [0, 1.0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 1.0, 0], [0, 1.0, 1.0],
+                   [float("nan"), 0, 0]],
+    })
+    pq.write_table(table, tmp_path / "v.parquet")
+    model = load_model(f"precomputed:{tmp_path / 'v.parquet'}")
+    assert model.info.modalities == ("image", "prompt")
+    rows = model.load_vectors("prompt")
+    assert list(zip(rows.good["id"].to_pylist(), rows.good["sub"].to_pylist())) == [
+        ("cat", 0), ("cat", 1), ("dog", 0), ("attr:size:low", 0), ("attr:size:high", 0)]
+    np.testing.assert_array_equal(np.array(rows.good["vector"].to_pylist(), np.float32)[1], [0, 2.0, 0])
+    assert rows.bad.to_pylist()[0]["id"] == "dog" and "non-finite" in rows.bad.to_pylist()[0]["reason"]
+    assert model.keys("prompt").num_rows == 6 and model.load_vectors("image").good["id"].to_pylist() == ["x"]

@@ -45,7 +45,9 @@ def test_embeds_every_modality_readable_by_polars_and_duckdb(corpus, tmp_path: P
                      embed={"batch_size": 8, "rows_per_file": 16, "modalities": ["image", "text"]})
     summary = embed_run(config, echo=lambda _: None)
     storage = Storage(str(tmp_path / "out"))
-    assert list_committed(storage, "r1") == [("builtin-pixelstats", "image"), ("clip", "image"), ("clip", "text")]
+    # the demo has labels and zeroshot runs by default: the text tower also embeds the prompt partition
+    assert list_committed(storage, "r1") == [("builtin-pixelstats", "image"), ("clip", "image"), ("clip", "prompt"),
+                                             ("clip", "text")]
     clip_text = read_committed(storage, "r1", "clip", "text")
     assert len(clip_text) == 24 * 3 and clip_text.dim == 512
     assert sorted(set(clip_text.subs.tolist())) == [0, 1, 2]

@@ -97,8 +97,8 @@ def test_vectors_only_manifest_embeds_and_scores(tmp_path: Path, capsys: pytest.
     # The vectors carry the classes, the tags and the attribute; wrong ids or rows would score near chance.
     assert value("retrieval", "sketch->image", "mAP@all", split="all") > 0.9
     assert value("retrieval", "sketch->image", "mAP@all", split="unseen") > 0.9
-    assert value("rankability", "size", "spearman", variant="regression") > 0.8
-    assert value("corrembed", "all", "pearson_all") > 0.5
+    assert value("rankability", "size", "spearman", protocol="regression") > 0.8
+    assert value("corrembed", "all", "pearson_all", protocol="all-pairs") > 0.5
     assert value("prototypes", "image", "nmi") > 0.9
     assert value("retrieval", "text->image", "R@5") > 0.9
     assert not [r for r in scores if r["metric"] == "failed"]

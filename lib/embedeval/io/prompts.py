@@ -7,8 +7,10 @@ marker as every partition, :mod:`embedeval.io.embeddings`), whose ids are *not* 
 - ``attr:<name>:low`` / ``attr:<name>:high``: the two ends of a zero-shot attribute axis (rankability's
   ``prompt-axis``), e.g. "a photo of a small {}" / "a photo of a large {}"; ``sub`` = template index.
 
-A precomputed model supplies these rows itself (``modality = 'prompt'``); a model with a text tower gets
-them from :func:`prompt_texts` (labels x templates, axis prompts). The score stage reads the partition
+A precomputed model supplies these rows itself (``modality = 'prompt'`` rows of its vectors file, imported
+as they are); a model with a text tower gets them from :func:`prompt_texts` (labels x templates, axis
+prompts), embedded by the embed stage (:mod:`embedeval.pipeline.prompts` picks the labels, templates and
+axes of a run). The score stage reads the partition
 once per model (it is small: labels x templates rows) and reduces it with :func:`prompt_means`: each id's
 vectors are L2-normalised, averaged over its subs and renormalised (CLIP's prompt ensembling).
 """
@@ -25,6 +27,9 @@ from embedeval.io.embeddings import read_commit_marker, read_committed
 from embedeval.io.storage import Storage
 
 PROMPT_MODALITY = "prompt"
+
+#: Modalities whose inputs are strings embedded by a text tower: captions and prompts share its cache kind.
+TEXT_MODALITIES: tuple[str, ...] = ("text", PROMPT_MODALITY)
 
 #: CLIP's recommended 7-template ImageNet ensemble (Radford et al., the "prompt engineering" notebook)
 #: plus the plain "a photo of a {}.": the templates used when the config adds none.

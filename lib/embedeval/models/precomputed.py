@@ -2,7 +2,11 @@
 
 The URI is a Parquet file or a folder of Parquet files (local or ``s3://``) with columns ``id`` (string),
 ``sub`` (int, optional, default 0), ``vector`` (``fixed_size_list<float32>`` or any list of floats) and
-optionally ``modality`` (image/sketch/text; without it every row is an ``image`` row).
+optionally ``modality`` (image/sketch/text/prompt; without it every row is an ``image`` row).
+
+``prompt`` rows are the model's zero-shot prompt vectors (:mod:`embedeval.io.prompts`): their ``id`` is a
+manifest label (``sub`` = template index) or an attribute axis end ``attr:<name>:low`` / ``attr:<name>:high``,
+not a manifest id; the embed stage commits them as the ``prompt`` partition.
 
 Which dimension is right: ``?dim=`` in the spec (or ``dim_hint``) when given; otherwise the length of
 the first non-null vector (files in sorted order, rows in file order). The first row rather than the
@@ -29,6 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.io.storage import Storage, StorageError, is_s3_uri, storage_at
 from embedeval.models.base import ALL_MODALITIES, ModelError, ModelInfo
 from embedeval.models.family import ModelFamily, register_family
@@ -37,6 +42,8 @@ from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean
 FAMILY = "precomputed"
 FORMS = ("precomputed:<parquet file or folder, local or s3://>[?dim=<d>][&arch=<name of the model that made them>]",)
 DEFAULT_MODALITY = "image"
+#: The ``modality`` values a vectors file may hold: the catalogue's modalities and prompt vectors.
+MODALITIES: tuple[str, ...] = (*ALL_MODALITIES, PROMPT_MODALITY)
 _OPTIONS = ("dim", "arch")
 
 BAD_ROWS_SCHEMA = pa.schema([
@@ -149,8 +156,8 @@ def read_precomputed_table(uri: str, storage: Storage | None = None, modality: s
 
     Memory: the whole selection is held in memory (vectors as float32).
     """
-    if modality not in ALL_MODALITIES:
-        raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(ALL_MODALITIES)}")
+    if modality not in MODALITIES:
+        raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     storage, files = _parquet_files(uri, storage)
     tables = [_read_file(storage, rel, uri, modality) for rel in files]
     return pa.concat_tables(tables) if tables else _empty_raw()
@@ -162,8 +169,8 @@ def read_precomputed_keys(uri: str, storage: Storage | None = None, modality: st
     What a vectors-only manifest embeds: rows without an id are left out (they match no manifest item);
     a missing ``sub`` is 0, as when the vectors are read. Memory: O(rows) ids, no vectors.
     """
-    if modality not in ALL_MODALITIES:
-        raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(ALL_MODALITIES)}")
+    if modality not in MODALITIES:
+        raise ModelError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     storage, files = _parquet_files(uri, storage)
     parts = []
     for rel in files:
@@ -342,11 +349,11 @@ def _modalities(storage: Storage, files: list[str], uri: str) -> tuple[str, ...]
         except (OSError, StorageError, pa.ArrowInvalid) as exc:
             raise ModelError(f"precomputed vectors: cannot read {storage.uri(rel)}: {exc}") from exc
         found.update(str(v) for v in pc.unique(column).to_pylist() if v is not None)
-    unknown = sorted(found - set(ALL_MODALITIES))
+    unknown = sorted(found - set(MODALITIES))
     if unknown:
         raise ModelError(f"precomputed vectors under {uri}: unknown modality values {unknown}; "
-                         f"expected {', '.join(ALL_MODALITIES)}")
-    return tuple(m for m in ALL_MODALITIES if m in found)
+                         f"expected {', '.join(MODALITIES)}")
+    return tuple(m for m in MODALITIES if m in found)
 
 
 def _first_vector_length(storage: Storage, files: list[str], uri: str) -> int:

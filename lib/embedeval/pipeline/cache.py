@@ -5,7 +5,8 @@ model family and architecture, the weights (file checksum, or the seed of random
 preprocessing and the dimension. Layout (:class:`~embedeval.io.layout.CacheLayout`):
 ``<root>/cache/<key>/<kind>/part-<modality>-<digest>.parquet`` with
 columns ``content_sha256`` (string) and ``vector`` (fixed_size_list<float32>[d]); ``kind`` is ``image`` (images
-and sketches share the image tower) or ``text``. A file's name is decided by what it holds (its modality and
+and sketches share the image tower) or ``text`` (captions and ``prompt`` rows share the text tower: a prompt
+string is keyed by its sha256 like a caption, so changed templates embed only the new strings). A file's name is decided by what it holds (its modality and
 its entries' content hashes, see :func:`entries_path`), never by the rows' (id, sub): so no file replaces
 another with different entries, whether from another modality, batch, run or catalogue, while a retried task
 rewrites its own file. Each file is written atomically and only ever added, so a killed run leaves valid
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedeval.io.layout import CacheLayout
+from embedeval.io.prompts import TEXT_MODALITIES
 from embedeval.io.storage import Storage
 from embedeval.models.base import ModelInfo
 
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def cache_kind(modality: str) -> str:
-    return "text" if modality == "text" else "image"
+    """``text`` for strings (captions and prompts: the same text tower, so a string has one vector), else ``image``."""
+    return "text" if modality in TEXT_MODALITIES else "image"
 
 
 def cache_key(info: ModelInfo) -> str:

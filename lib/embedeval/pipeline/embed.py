@@ -9,6 +9,14 @@ see half a partition.
 A modality's inputs are the manifest's media paths or captions; for a ``precomputed:`` model and a
 modality the manifest has no column for (a vectors-only manifest), the vectors file's own (id, sub) rows
 of manifest items (:func:`vector_only_inputs`).
+
+The ``prompt`` partition (zero-shot prompt vectors, :mod:`embedeval.io.prompts`): a model with a text tower
+embeds the run's prompt strings (:func:`embedeval.pipeline.prompts.run_prompt_texts`: labels x templates and
+attribute axes from ``score.options``) in the same pipeline as its other modalities; a ``precomputed:``
+model imports the ``modality = 'prompt'`` rows of its file, all of them (their ids are labels and axis ids,
+not manifest ids). Unlike the manifest partitions, a committed ``prompt`` partition whose inputs changed
+(other templates, axes or labels) is rebuilt rather than refused: it is derived from score options, small,
+and its unchanged strings come from the embedding cache.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import pyarrow.compute as pc
 from embedeval.config import ModelEntry, RunConfig, redacted_yaml
 from embedeval.errors import EmbedevalError
 from embedeval.io.embeddings import (
+    COMMIT_MARKER,
     CommitRecord,
     PartFile,
     partition_dir,
@@ -36,11 +45,13 @@ from embedeval.io.embeddings import (
 )
 from embedeval.io.layout import RunLayout
 from embedeval.io.manifest import ManifestError, ManifestReadResult, load_manifest, load_tag_categories
+from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.io.storage import Storage, StorageError
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_embeds, model_modalities
 from embedeval.pipeline.progress import Progress
+from embedeval.pipeline.prompts import precomputed_prompt_inputs, run_prompt_texts
 from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
 from embedeval.pipeline.stages import (
     WRITTEN_SCHEMA,
@@ -164,6 +175,13 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         if existing is None:
             todo[modality] = inputs
             continue
+        if existing.inputs_sha256 and existing.inputs_sha256 != fingerprint and modality == PROMPT_MODALITY:
+            progress.echo(f"  {model}: the prompts changed (score.options templates / axes, or the labels); "
+                          "re-embedding its prompt partition")
+            # the marker goes first, so no reader sees it listing files that are being deleted
+            storage.delete_file(f"{partition_dir(run_id, model, modality)}/{COMMIT_MARKER}")
+            todo[modality] = inputs
+            continue
         if existing.inputs_sha256 and existing.inputs_sha256 != fingerprint:
             raise EmbedError(
                 f"run {run_id!r} already committed {model}/{modality} from different inputs (the manifest or the "
@@ -247,7 +265,7 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table)
     if cache.has_entries("image") and any(k == "image" for k in kinds):
         inputs = hash_inputs(config, inputs, cache.storage)
     else:
-        hashes = [text_sha256(src) if m == "text" else None
+        hashes = [text_sha256(src) if cache_kind(m) == "text" else None
                   for src, m in zip(inputs.column("source").to_pylist(), inputs.column("modality").to_pylist())]
         inputs = inputs.append_column("content_sha256", pa.array(hashes, pa.string()))
     hashes = inputs.column("content_sha256").to_pylist()
@@ -388,7 +406,7 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
 def check_media_models(config: RunConfig) -> None:
     """Raise a ManifestError naming the first model that embeds media: a vectors-only manifest has none."""
     for entry in config.models:
-        if model_family(entry.spec) != "precomputed":
+        if model_embeds(entry.spec):
             raise ManifestError(
                 f"manifest {config.manifest} has no image, sketch or captions column, but model {entry.slug()!r} "
                 f"({entry.spec}) embeds media; add a media column, or list only precomputed: models "
@@ -417,21 +435,27 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     for modality in ("image", "sketch", "text"):
         # Whole-item problems count against every modality the manifest offers; empty captions only against text.
         summary.manifest_quarantined_by_modality[modality] = len(manifest.quarantine.for_modality(modality))
+    summary.manifest_quarantined_by_modality[PROMPT_MODALITY] = 0   # prompts are no manifest rows
     echo(summary.lines()[0])
 
     ensure_ray(config.ray)
     available = manifest.modalities()
+    prompts = run_prompt_texts(config, manifest)
     for entry in config.models:
         supported = model_modalities(entry.spec)
         inputs = {m: partition_inputs(manifest, m) for m in config.embed.modalities
                   if m in supported and m in available}
-        if model_family(entry.spec) == "precomputed":
+        if not model_embeds(entry.spec):
             # Modalities the manifest has no column for: the file's own (id, sub) rows of manifest items.
-            model = loaded_model(entry.spec, config.s3)
+            model = loaded_model(entry.spec, storage)
             for m in config.embed.modalities:
                 if m not in available and m in model.info.modalities:
                     inputs[m] = vector_only_inputs(manifest, model.keys(m))
             inputs = {m: inputs[m] for m in config.embed.modalities if m in inputs}
+            if PROMPT_MODALITY in model.info.modalities:
+                inputs[PROMPT_MODALITY] = precomputed_prompt_inputs(model.keys(PROMPT_MODALITY))
+        elif "text" in supported and prompts.num_rows:
+            inputs[PROMPT_MODALITY] = prompts
         summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
     storage.write_json(layout.embed_summary, {
         "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,

@@ -5,7 +5,7 @@ puts it in the partition's errors file instead of its embeddings file: Ray Data 
 one exception in a UDF, so no per-item problem may escape as an exception here.
 
 Row columns through the stages:
-  input    id, sub, modality, source (a media URI, or the caption text for modality text)
+  input    id, sub, modality, source (a media URI, or the text for modalities text and prompt)
   prepared input + content_sha256, pixels (float32 CHW bytes; null for text), shape (list<int32>),
            error_stage, error_reason
   embedded id, sub, modality, content_sha256, vector (fixed_size_list<float32>[d], null on error),
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from embedeval.io.embeddings import embeddings_table, table_checksum
 from embedeval.io.layout import CacheLayout, RunLayout
+from embedeval.io.prompts import TEXT_MODALITIES
 from embedeval.io.quarantine import ERRORS_SCHEMA
 from embedeval.io.storage import Storage
 from embedeval.pipeline.cache import bytes_sha256, text_sha256, write_entries
@@ -68,7 +69,7 @@ class ImagePreparer:
         for i, (source, modality) in enumerate(zip(batch.column("source").to_pylist(),
                                                    batch.column("modality").to_pylist())):
             array, digest = None, None
-            if modality == "text":
+            if modality in TEXT_MODALITIES:
                 digest = text_sha256(source)
             elif stages[i] is None:
                 try:
@@ -117,7 +118,7 @@ class Embedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         stages, reasons = _previous_errors(batch)
-        is_text = [m == "text" for m in batch.column("modality").to_pylist()]
+        is_text = [m in TEXT_MODALITIES for m in batch.column("modality").to_pylist()]
         vectors = np.zeros((n, self.dim), np.float32)
         for text in (False, True):
             good = [i for i in range(n) if stages[i] is None and is_text[i] == text]
@@ -221,7 +222,7 @@ def hash_media(batch: pa.Table, storage: Storage | None, limits: MediaLimits) ->
     reader = MediaReader(storage, limits)
     hashes: list[str | None] = []
     for uri, modality in zip(batch.column("source").to_pylist(), batch.column("modality").to_pylist()):
-        if modality == "text":
+        if modality in TEXT_MODALITIES:
             hashes.append(text_sha256(uri))
             continue
         try:
