@@ -1,6 +1,7 @@
 """The `embedeval` command: parse arguments, call the library, exit with a clear status.
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or config, 130 interrupted. A failure the user can
+Exit codes: 0 success, 1 the job failed, 2 bad usage or config, 3 the run's lease is held by another
+live process, 130 interrupted. A failure the user can
 act on is an :class:`~embedeval.errors.EmbedevalError`: one line on stderr, and its class's ``exit_code``.
 """
 
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="YAML run config (see README 'Configuration')")
         s.add_argument("--run-id", default=None, help="overrides run_id in the config")
         s.add_argument("--root", default=None, help="overrides root in the config")
+        s.add_argument("--force", action="store_true",
+                       help="take over the run's lease even if it has not expired (only if its holder is dead)")
         if name in ("report", "run"):
             s.add_argument("--previous", default=None, help="run id to diff against (default: the latest earlier run)")
 
@@ -106,31 +109,37 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from embedeval.pipeline.embed import embed_run
+    from embedeval.workflow import run_lease
 
     config = _load(args)
-    summary = embed_run(config)
+    with run_lease(config, purpose="embed", force=args.force):
+        summary = embed_run(config)
     print(f"embeddings: {summary.root}/runs/{summary.run_id}/embeddings")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from embedeval.workflow import score_from_config
+    from embedeval.workflow import run_lease, score_from_config
 
-    score_from_config(_load(args))
+    config = _load(args)
+    with run_lease(config, purpose="score", force=args.force):
+        score_from_config(config)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from embedeval.workflow import report_from_config
+    from embedeval.workflow import report_from_config, run_lease
 
-    report_from_config(_load(args))
+    config = _load(args)
+    with run_lease(config, purpose="report", force=args.force, uses_ray=False):
+        report_from_config(config)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_all
 
-    run_all(_load(args))
+    run_all(_load(args), force=args.force)
     return 0
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 EXIT_JOB_FAILED = 1
 #: The exit code of bad usage or an unusable config (argparse uses it for bad arguments too).
 EXIT_USAGE = 2
+#: The exit code of a command refused because another live process holds the run's lease.
+EXIT_LEASE_HELD = 3
 
 
 class EmbedevalError(Exception):
