@@ -12,9 +12,12 @@ import logging
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from embedeval.errors import EmbedevalError, one_line
+
+if TYPE_CHECKING:
+    from embedeval.io.storage import Storage
 
 EXAMPLES = {
     "main": """\
@@ -52,6 +55,8 @@ EXAMPLES = {
         examples:
           embedeval runs list --root ./demo-output
           embedeval runs show demo --root ./demo-output
+          embedeval runs prune --root s3://bucket/embedeval --keep 14            # dry run: what would go
+          embedeval runs prune --root s3://bucket/embedeval --keep 14 --older-than 30d --apply
         """,
 }
 
@@ -95,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     rs = rsub.add_parser("show", help="what a run holds")
     rs.add_argument("run_id")
     rs.add_argument("--root", required=True)
+    rp = rsub.add_parser("prune", help="delete old runs and unused cache entries (dry run unless --apply)")
+    rp.add_argument("--root", required=True)
+    rp.add_argument("--keep", type=int, default=None, help="keep the N newest runs")
+    rp.add_argument("--older-than", default=None, metavar="AGE",
+                    help="delete only runs older than AGE (30d, 12h, 90m, 3600s)")
+    rp.add_argument("--apply", action="store_true", help="delete (default: print what would be freed)")
+    rp.add_argument("--no-cache-sweep", action="store_true", help="leave the embedding cache alone")
     return p
 
 
@@ -156,11 +168,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from embedeval.report.runs import format_run_list, list_runs, show_run
 
     storage = Storage(args.root)
+    if args.runs_command == "prune":
+        return _prune(storage, args)
     if args.runs_command == "list":
         runs = list_runs(storage)
         print(format_run_list(runs) if runs else f"no runs under {storage.root}")
     else:
         print(show_run(storage, args.run_id))
+    return 0
+
+
+def _prune(storage: Storage, args: argparse.Namespace) -> int:
+    from embedeval.retention import apply_prune, human_bytes, parse_age, plan_prune
+
+    older = parse_age(args.older_than) if args.older_than is not None else None
+    plan = plan_prune(storage, keep=args.keep, older_than_s=older, sweep_cache=not args.no_cache_sweep)
+    print("\n".join(plan.lines()))
+    if args.apply:
+        apply_prune(storage, plan)
+    else:
+        print(f"dry run: would free {human_bytes(plan.bytes_to_free)}; rerun with --apply to delete")
     return 0
 
 

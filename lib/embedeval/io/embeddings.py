@@ -95,6 +95,9 @@ class CommitRecord:
     inputs_sha256: str = ""          # fingerprint of the (id, sub, source) rows this partition was made from
     errors_files: list[str] = field(default_factory=list)
     committed_at: float = field(default_factory=time.time)
+    # The embedding-cache files this partition took vectors from or added (relative to the root); [] when
+    # built without the cache; None in markers written before this was recorded (then unknown).
+    cache_files: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class CommitRecord:
             "inputs_sha256": self.inputs_sha256,
             "errors_files": self.errors_files,
             "committed_at": self.committed_at,
+            "cache_files": self.cache_files,
         }
 
     @classmethod
@@ -119,6 +123,7 @@ class CommitRecord:
             files=[PartFile(**f) for f in d["files"]], rows=int(d["rows"]), quarantined=int(d["quarantined"]),
             model_info=dict(d.get("model_info", {})), inputs_sha256=str(d.get("inputs_sha256", "")),
             errors_files=list(d.get("errors_files", [])), committed_at=float(d.get("committed_at", 0.0)),
+            cache_files=None if d.get("cache_files") is None else [str(f) for f in d["cache_files"]],
         )
 
 

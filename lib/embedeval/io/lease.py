@@ -140,6 +140,11 @@ def holder_is_gone(record: LeaseRecord) -> bool:
     return False
 
 
+def is_held(record: LeaseRecord | None, now: float | None = None) -> bool:
+    """Whether a lease record stands for a live holder: not expired, and not a dead process of this host."""
+    return record is not None and is_live(record, now) and not holder_is_gone(record)
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 

@@ -215,14 +215,14 @@ class Storage:
 
     def list_files(self, rel: str = "", suffix: str = "") -> list[str]:
         """Relative paths (to the root) of files under ``rel``, recursively, sorted; [] if it is absent."""
-        base = self.path(rel)
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        return sorted(f for f in self.file_sizes(rel) if f.endswith(suffix))
+
+    def file_sizes(self, rel: str = "") -> dict[str, int]:
+        """Relative path (to the root) -> size in bytes of each file under ``rel``, recursively; {} if absent."""
+        selector = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
         infos = self._call(self.fs.get_file_info, selector)
-        out = []
-        for info in infos:
-            if info.type == pafs.FileType.File and info.path.endswith(suffix):
-                out.append(posixpath.relpath(info.path, self._base))
-        return sorted(out)
+        return {posixpath.relpath(i.path, self._base): int(i.size or 0) for i in infos
+                if i.type == pafs.FileType.File}
 
     def list_dirs(self, rel: str = "") -> list[str]:
         """Names of the immediate sub-folders of ``rel``."""
