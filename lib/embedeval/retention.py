@@ -168,8 +168,10 @@ def plan_prune(storage: Storage, *, keep: int | None = None, older_than_s: float
     found.sort(key=lambda tr: (tr[0].timestamp is None, tr[0].timestamp or 0.0, tr[1]), reverse=True)
     decisions: list[RunDecision] = []
     leased: list[str] = []
+    sizes = {run_id: storage.file_sizes(f"runs/{run_id}") for _, run_id in found}
+    found = [(t, run_id) for t, run_id in found if sizes[run_id]]  # an empty folder is no run (as in `runs list`)
     for rank, (t, run_id) in enumerate(found):
-        size = sum(storage.file_sizes(f"runs/{run_id}").values())
+        size = sum(sizes[run_id].values())
         lease = read_lease(storage, run_id)
         if is_held(lease, now):
             leased.append(run_id)

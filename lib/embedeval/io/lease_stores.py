@@ -145,15 +145,20 @@ class LocalLeaseStore:
             return None
 
     def create(self, record: LeaseRecord) -> LeaseRecord | None:
-        with self._locked():
-            tmp = self._write_temp(record)
+        for _ in range(10):
             try:
-                os.link(tmp, self.path)  # fails if the name exists: an exclusive create of a complete file
-                return None
-            except FileExistsError:
-                return self.read() or record  # cannot vanish while we hold the lock
-            finally:
-                os.unlink(tmp)
+                with self._locked():
+                    tmp = self._write_temp(record)
+                    try:
+                        os.link(tmp, self.path)  # fails if the name exists: an exclusive create of a complete file
+                        return None
+                    except FileExistsError:
+                        return self.read() or record  # cannot vanish while we hold the lock
+                    finally:
+                        os.unlink(tmp)
+            except FileNotFoundError:
+                continue  # a release removed the (empty) run folder while we waited for its lock: make it again
+        raise OSError(f"could not create the lease {self.path}: its folder keeps disappearing")
 
     def replace(self, expected_token: str, record: LeaseRecord) -> bool:
         with self._locked():
@@ -169,6 +174,10 @@ class LocalLeaseStore:
             if current is None or current.token != expected_token:
                 return False
             os.unlink(self.path)
+            try:
+                os.rmdir(self.folder)  # a run folder only the lease made (a refused or failed command) goes too
+            except OSError:
+                pass  # it holds the run's files
             return True
 
 
