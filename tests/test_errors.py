@@ -83,8 +83,9 @@ def test_scoring_tag_and_report_errors_are_user_errors_and_still_value_errors() 
 def test_exit_codes_keep_the_cli_contract() -> None:
     from embedeval.config import ConfigError
     from embedeval.io.lease import LeaseError, LeaseHeld
+    from embedeval.retention import RetentionError
 
-    usage = {ConfigError, LeaseError}
+    usage = {ConfigError, LeaseError, RetentionError}
     assert {c.exit_code for c in usage} == {EXIT_USAGE} == {2}
     assert LeaseHeld.exit_code == EXIT_LEASE_HELD == 3
     assert {c.exit_code for c in _user_errors() if c not in usage | {LeaseHeld}} == {EXIT_JOB_FAILED} == {1}
