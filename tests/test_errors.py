@@ -18,7 +18,7 @@ import pytest
 
 import embedeval
 from embedeval import cli
-from embedeval.errors import EXIT_JOB_FAILED, EXIT_USAGE, EmbedevalError, one_line
+from embedeval.errors import EXIT_JOB_FAILED, EXIT_LEASE_HELD, EXIT_USAGE, EmbedevalError, one_line
 
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "lib"
@@ -82,9 +82,13 @@ def test_scoring_tag_and_report_errors_are_user_errors_and_still_value_errors() 
 
 def test_exit_codes_keep_the_cli_contract() -> None:
     from embedeval.config import ConfigError
+    from embedeval.io.lease import LeaseError, LeaseHeld
+    from embedeval.retention import RetentionError
 
-    assert ConfigError.exit_code == EXIT_USAGE == 2
-    assert {c.exit_code for c in _user_errors() if c is not ConfigError} == {EXIT_JOB_FAILED} == {1}
+    usage = {ConfigError, LeaseError, RetentionError}
+    assert {c.exit_code for c in usage} == {EXIT_USAGE} == {2}
+    assert LeaseHeld.exit_code == EXIT_LEASE_HELD == 3
+    assert {c.exit_code for c in _user_errors() if c not in usage | {LeaseHeld}} == {EXIT_JOB_FAILED} == {1}
 
 
 @pytest.mark.parametrize("cls", _user_errors(), ids=lambda c: c.__name__)

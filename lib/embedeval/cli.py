@@ -1,6 +1,7 @@
 """The `embedeval` command: parse arguments, call the library, exit with a clear status.
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or config, 130 interrupted. A failure the user can
+Exit codes: 0 success, 1 the job failed, 2 bad usage or config, 3 the run's lease is held by another
+live process, 130 interrupted. A failure the user can
 act on is an :class:`~embedeval.errors.EmbedevalError`: one line on stderr, and its class's ``exit_code``.
 """
 
@@ -11,9 +12,12 @@ import logging
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
+
+if TYPE_CHECKING:
+    from embedeval.io.storage import Storage
 
 EXAMPLES = {
     "main": """\
@@ -68,6 +72,8 @@ EXAMPLES = {
         examples:
           embedeval runs list --root ./demo-output
           embedeval runs show demo --root ./demo-output
+          embedeval runs prune --root s3://bucket/embedeval --keep 14            # dry run: what would go
+          embedeval runs prune --root s3://bucket/embedeval --keep 14 --older-than 30d --apply
         """,
 }
 
@@ -98,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="YAML run config (see README 'Configuration')")
         s.add_argument("--run-id", default=None, help="overrides run_id in the config")
         s.add_argument("--root", default=None, help="overrides root in the config")
+        s.add_argument("--force", action="store_true",
+                       help="take over the run's lease even if it has not expired (only if its holder is dead)")
         if name in ("report", "run"):
             s.add_argument("--previous", default=None, help="run id to diff against (default: the latest earlier run)")
             s.add_argument("--fail-on-regression", action="store_true",
@@ -114,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     rs = rsub.add_parser("show", help="what a run holds")
     rs.add_argument("run_id")
     rs.add_argument("--root", required=True)
+    rp = rsub.add_parser("prune", help="delete old runs and unused cache entries (dry run unless --apply)")
+    rp.add_argument("--root", required=True)
+    rp.add_argument("--keep", type=int, default=None, help="keep the N newest runs")
+    rp.add_argument("--older-than", default=None, metavar="AGE",
+                    help="delete only runs older than AGE (30d, 12h, 90m, 3600s)")
+    rp.add_argument("--apply", action="store_true", help="delete (default: print what would be freed)")
+    rp.add_argument("--no-cache-sweep", action="store_true", help="leave the embedding cache alone")
     return p
 
 
@@ -160,24 +175,30 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from embedeval.pipeline.embed import embed_run
+    from embedeval.workflow import run_lease
 
     config = _load(args)
-    summary = embed_run(config)
+    with run_lease(config, purpose="embed", force=args.force):
+        summary = embed_run(config)
     print(f"embeddings: {summary.embeddings_uri}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from embedeval.workflow import score_from_config
+    from embedeval.workflow import run_lease, score_from_config
 
-    score_from_config(_load(args))
+    config = _load(args)
+    with run_lease(config, purpose="score", force=args.force):
+        score_from_config(config)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from embedeval.workflow import report_from_config
+    from embedeval.workflow import report_from_config, run_lease
 
-    paths = report_from_config(_load(args))
+    config = _load(args)
+    with run_lease(config, purpose="report", force=args.force, uses_ray=False):
+        paths = report_from_config(config)
     return _regression_status(paths, args.fail_on_regression)
 
 
@@ -187,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.fail_on_regression:
         config = config.model_copy(update={"score": config.score.model_copy(update={"common_panel": True})})
-    paths = run_all(config)
+    paths = run_all(config, force=args.force)
     return _regression_status(paths, args.fail_on_regression)
 
 
@@ -234,11 +255,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from embedeval.report.runs import format_run_list, list_runs, show_run
 
     storage = Storage(args.root)
+    if args.runs_command == "prune":
+        return _prune(storage, args)
     if args.runs_command == "list":
         runs = list_runs(storage)
         print(format_run_list(runs) if runs else f"no runs under {storage.root}")
     else:
         print(show_run(storage, args.run_id))
+    return 0
+
+
+def _prune(storage: Storage, args: argparse.Namespace) -> int:
+    from embedeval.retention import apply_prune, human_bytes, parse_age, plan_prune
+
+    older = parse_age(args.older_than) if args.older_than is not None else None
+    plan = plan_prune(storage, keep=args.keep, older_than_s=older, sweep_cache=not args.no_cache_sweep)
+    print("\n".join(plan.lines()))
+    if args.apply:
+        apply_prune(storage, plan)
+    else:
+        print(f"dry run: would free {human_bytes(plan.bytes_to_free)}; rerun with --apply to delete")
     return 0
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedeval.errors import EXIT_USAGE, EmbedevalError
+from embedeval.io.lease import LeaseSettings
 from embedeval.io.storage import S3Options
 from embedeval.report.settings import ReportSettings
 from embedeval.scoring.settings import ScoreSettings
@@ -85,6 +86,7 @@ class RunConfig(BaseModel):
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     ray: RayOptions = Field(default_factory=RayOptions)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
     previous_run_id: str | None = None
 
     @field_validator("models", mode="before")

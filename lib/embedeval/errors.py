@@ -17,6 +17,8 @@ from __future__ import annotations
 EXIT_JOB_FAILED = 1
 #: The exit code of bad usage or an unusable config (argparse uses it for bad arguments too).
 EXIT_USAGE = 2
+#: The exit code of a command refused because another live process holds the run's lease.
+EXIT_LEASE_HELD = 3
 #: The exit code of ``--fail-on-regression`` when a score got worse beyond its intervals on the items both
 #: runs share (the run itself succeeded and wrote everything).
 EXIT_REGRESSION = 10

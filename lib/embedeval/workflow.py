@@ -1,5 +1,8 @@
 """Chaining the stages: score and report from a config, `run` (all three), and the bundled demo.
 
+Every command that writes a run holds the run's lease while it does (:func:`run_lease`, see
+:mod:`embedeval.io.lease`): a second command on the same run id is refused instead of interleaving writes.
+
 Each stage reads the previous stage's files under ``<root>/runs/<run_id>/``, never its objects: the score
 stage reads the manifest snapshot the embed stage wrote to ``inputs/``, so a run is reproducible even if
 the original manifest changes later.
@@ -8,14 +11,16 @@ the original manifest changes later.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import yaml
 
 from embedeval.config import RunConfig, load_config
 from embedeval.io.layout import RunLayout
+from embedeval.io.lease import RunLease, hold_run_lease
 from embedeval.io.storage import Storage
 
 DEMO_MODELS = [
@@ -29,6 +34,28 @@ DEMO_MODELS = [
 
 def _storage(config: RunConfig) -> Storage:
     return Storage(config.root, config.s3)
+
+
+@contextmanager
+def run_lease(config: RunConfig, *, purpose: str, force: bool = False, uses_ray: bool = True,
+              echo: Callable[[str], None] = print) -> Iterator[RunLease]:
+    """Hold the lease of the config's run for a ``with`` block (released however it ends).
+
+    On an S3 server that ignores create-only PUTs, a command that ``uses_ray`` joins Ray first, so the
+    cluster's named lease actor decides between drivers on that cluster (see :mod:`embedeval.io.lease_stores`).
+    Raises :class:`~embedeval.io.lease.LeaseHeld` when another live process holds it and not ``force``.
+    """
+    from embedeval.io.lease_stores import conditional_writes_honoured
+
+    storage = _storage(config)
+    storage.ensure_bucket()
+    if uses_ray and storage.is_s3 and not conditional_writes_honoured(storage):
+        from embedeval.pipeline.ray_runtime import ensure_ray
+
+        ensure_ray(config.ray)
+    with hold_run_lease(storage, config.resolved_run_id(), settings=config.lease, purpose=purpose, force=force,
+                        echo=echo) as lease:
+        yield lease
 
 
 def read_run_inputs(storage: Storage, run_id: str) -> tuple[pa.Table, dict[str, str] | None]:
@@ -124,13 +151,17 @@ def report_from_config(config: RunConfig, echo: Callable[[str], None] = print): 
     return paths
 
 
-def run_all(config: RunConfig, echo: Callable[[str], None] = print):  # noqa: ANN201
-    """Embed, score and report; returns the report's paths (with its like-for-like regressions)."""
+def run_all(config: RunConfig, echo: Callable[[str], None] = print, *, force: bool = False):  # noqa: ANN201
+    """Embed, score and report one run, holding its lease throughout (``force``: take it over); returns the
+    report's paths (with its like-for-like regressions)."""
     from embedeval.pipeline.embed import embed_run
 
-    embed_run(config, echo=echo)
-    score_from_config(config, echo)
-    return report_from_config(config, echo)
+    with run_lease(config, purpose="run", force=force, echo=echo) as lease:
+        embed_run(config, echo=echo)
+        lease.ensure_held()
+        score_from_config(config, echo)
+        lease.ensure_held()
+        return report_from_config(config, echo)
 
 
 def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,
@@ -158,9 +189,10 @@ def run_demo(root: Path, *, items: int = 320, seed: int = 0, run_id: str = "demo
     config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models),
                                           sort_keys=False))
     config = load_config(config_path)
-    embed_run(config, echo=echo)
-    score_from_config(config, echo)
-    if report:
-        report_from_config(config, echo)
+    with run_lease(config, purpose="demo", echo=echo):
+        embed_run(config, echo=echo)
+        score_from_config(config, echo)
+        if report:
+            report_from_config(config, echo)
     echo(f"results: {root / RunLayout(run_id).base}  (config: {config_path})")
     return config

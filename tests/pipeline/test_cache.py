@@ -14,7 +14,7 @@ from PIL import Image
 
 from embedeval.config import parse_config
 from embedeval.demo.corpus import write_demo_corpus
-from embedeval.io.embeddings import read_committed
+from embedeval.io.embeddings import read_commit_marker, read_committed
 from embedeval.io.manifest import load_manifest
 from embedeval.io.storage import Storage
 from embedeval.models.base import ModelInfo
@@ -70,8 +70,20 @@ def test_grown_catalogue_embeds_only_new_and_changed_items(tmp_path: Path) -> No
     assert 120 <= expected_hits < 132
     assert by_key[("clip", "text")].embedded == 132 and by_key[("clip", "text")].from_cache == expected_hits
 
+    # Each marker lists the cache files its partition took vectors from or added (what `runs prune` keeps).
+    storage = Storage(str(root))
+    entries = set(storage.list_files("cache", ".parquet"))
+    for model, modality in by_key:
+        r1 = set(read_commit_marker(storage, "r1", model, modality).cache_files)  # type: ignore[union-attr]
+        r2 = set(read_commit_marker(storage, "r2", model, modality).cache_files)  # type: ignore[union-attr]
+        assert r1 and r1 <= r2 <= entries and r2 - r1, (model, modality)
+        assert all(f"/part-{modality}-" in f for f in r2)
+    assert entries == {f for m, x in by_key
+                       for f in read_commit_marker(storage, "r2", m, x).cache_files}  # type: ignore[union-attr]
+
     scratch = embed_run(_config(tmp_path / "scratch", grown.manifest, "r3", use_cache=False), echo=lambda _: None)
     assert all(p.from_cache == 0 for p in scratch.partitions)
+    assert read_commit_marker(Storage(str(tmp_path / "scratch")), "r3", "clip", "image").cache_files == []  # type: ignore[union-attr]
     _assert_same_vectors(root, "r2", tmp_path / "scratch", "r3", by_key)
     # ...and so do the scores of the re-scored grown catalogue.
     from embedeval.workflow import score_from_config

@@ -90,6 +90,9 @@ class CommitRecord:
     inputs_sha256: str = ""          # fingerprint of the (id, sub, source) rows this partition was made from
     errors_files: list[str] = field(default_factory=list)
     committed_at: float = field(default_factory=time.time)
+    # The embedding-cache files this partition took vectors from or added (relative to the root); [] when
+    # built without the cache; None in markers written before this was recorded (then unknown).
+    cache_files: list[str] | None = None
 
     def fields(self) -> dict[str, Any]:
         """The marker's fields besides ``files`` and ``committed_at`` (which :func:`commit` writes)."""
@@ -104,6 +107,7 @@ class CommitRecord:
             "model_info": self.model_info,
             "inputs_sha256": self.inputs_sha256,
             "errors_files": self.errors_files,
+            "cache_files": self.cache_files,
         }
 
     @classmethod
@@ -113,6 +117,7 @@ class CommitRecord:
             files=files, rows=int(d["rows"]), quarantined=int(d["quarantined"]),
             model_info=dict(d.get("model_info", {})), inputs_sha256=str(d.get("inputs_sha256", "")),
             errors_files=list(d.get("errors_files", [])), committed_at=float(d.get("committed_at", 0.0)),
+            cache_files=None if d.get("cache_files") is None else [str(f) for f in d["cache_files"]],
         )
 
 

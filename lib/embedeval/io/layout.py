@@ -5,6 +5,7 @@ for a path and passes it to :class:`~embedeval.io.storage.Storage`; none builds 
 relative to the storage root and use ``/``. The layout is an on-disk contract read by other tools and
 by older runs, so names here change only with a migration::
 
+    runs/<id>/_LEASE.json                          the run lease: holder, heartbeat, expiry (io/lease.py)
     runs/<id>/config.yaml                          the resolved config, secrets redacted
     runs/<id>/embed_summary.json
     runs/<id>/inputs/manifest.parquet              the manifest snapshot the later stages read
@@ -51,6 +52,11 @@ class RunLayout:
     @property
     def base(self) -> str:
         return _join(RUNS_DIR, self.run_id)
+
+    @property
+    def lease(self) -> str:
+        """The run lease record (:mod:`embedeval.io.lease`)."""
+        return _join(self.base, "_LEASE.json")
 
     # --- embed stage ------------------------------------------------------------------------------
     @property

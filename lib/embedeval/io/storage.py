@@ -255,14 +255,14 @@ class Storage:
 
     def list_files(self, rel: str = "", suffix: str = "") -> list[str]:
         """Relative paths (to the root) of files under ``rel``, recursively, sorted; [] if it is absent."""
-        base = self.path(rel)
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        return sorted(f for f in self.file_sizes(rel) if f.endswith(suffix))
+
+    def file_sizes(self, rel: str = "") -> dict[str, int]:
+        """Relative path (to the root) -> size in bytes of each file under ``rel``, recursively; {} if absent."""
+        selector = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
         infos = self._call(self.fs.get_file_info, selector)
-        out = []
-        for info in infos:
-            if info.type == pafs.FileType.File and info.path.endswith(suffix):
-                out.append(posixpath.relpath(info.path, self._base))
-        return sorted(out)
+        return {posixpath.relpath(i.path, self._base): int(i.size or 0) for i in infos
+                if i.type == pafs.FileType.File}
 
     def list_dirs(self, rel: str = "") -> list[str]:
         """Names of the immediate sub-folders of ``rel``."""
@@ -345,10 +345,18 @@ class Storage:
         else:
             self._call(self.fs.delete_file, self.path(rel))
 
+    def boto3_client(self) -> Any:
+        """A boto3 S3 client with this handle's S3 settings (for requests pyarrow cannot make)."""
+        return (self.s3 or S3Options()).boto3_client()
+
+    def s3_endpoint(self) -> str | None:
+        """The S3 endpoint this handle talks to (None: AWS's default)."""
+        return (self.s3 or S3Options()).resolved_endpoint()
+
     def _delete_s3_keys(self, paths: list[str]) -> None:
         # pyarrow re-creates a "directory marker" object after deleting a key, which some S3-compatible
         # servers reject; boto3's DeleteObjects removes exactly the keys asked for.
-        client = (self.s3 or S3Options()).boto3_client()
+        client = self.boto3_client()
         by_bucket: dict[str, list[str]] = {}
         for p in paths:
             bucket, _, key = p.partition("/")

@@ -12,6 +12,10 @@ another with different entries, whether from another modality, batch, run or cat
 rewrites its own file. Each file is written atomically and only ever added, so a killed run leaves valid
 entries behind; duplicates across files are harmless (the first wins).
 
+Which entries a run uses: each committed partition lists, in its marker's ``cache_files``, the cache files
+it took vectors from and the ones it added (see :class:`CacheLookup`); ``embedeval runs prune`` removes the
+files no kept run lists (:mod:`embedeval.retention`).
+
 Memory: a lookup holds the cache's hashes (and the hits' vectors) in the driver: ~100 bytes + 4*d per
 entry, fine to a few million items; beyond that, shard catalogues by run.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +60,21 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass
+class CacheLookup:
+    """The result of :meth:`EmbeddingCache.find`: where each hash's vector is, and which file it came from."""
+
+    index: np.ndarray          # per hash looked up: its row in ``vectors``, or -1 when missing
+    vectors: pa.Array          # every entry of the files read, in file order
+    files: list[str]           # the files read (relative to the storage root)
+    file_of_row: np.ndarray    # per row of ``vectors``: its index into ``files``
+
+    def files_hit(self, found: np.ndarray | None = None) -> set[str]:
+        """The files that hold the vectors of the hashes found (of those where ``found`` is True, if given)."""
+        rows = self.index[self.index >= 0] if found is None else self.index[found & (self.index >= 0)]
+        return {self.files[i] for i in np.unique(self.file_of_row[rows]).tolist()}
+
+
 class EmbeddingCache:
     """Cache entries of one model (one key). Cheap to construct; reads happen in :meth:`lookup`."""
 
@@ -77,17 +97,26 @@ class EmbeddingCache:
 
     def lookup(self, kind: str, hashes: list[str | None]) -> tuple[np.ndarray, pa.Array]:
         """For each hash: its index into the returned vectors, or -1 when missing. Returns (index, vectors)."""
+        found = self.find(kind, hashes)
+        return found.index, found.vectors
+
+    def find(self, kind: str, hashes: list[str | None]) -> CacheLookup:
+        """:meth:`lookup`, plus which cache file each vector came from."""
         files = self.storage.list_files(self.layout.kind_dir(kind), ".parquet")
+        empty = CacheLookup(np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim)),
+                            [], np.zeros(0, np.int64))
         if not files:
-            return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
-        table = self.storage.read_parquet(files, columns=["content_sha256", "vector"])
+            return empty
+        tables = [self.storage.read_parquet([f], columns=["content_sha256", "vector"]) for f in files]
+        table = pa.concat_tables(tables)
         if table.column("vector").type.list_size != self.info.dim:
             log.warning("cache %s has vectors of the wrong dimension; ignoring it", self.storage.uri(self.layout.base))
-            return np.full(len(hashes), -1, np.int64), pa.array([], pa.list_(pa.float32(), self.info.dim))
+            return empty
         keys = table.column("content_sha256")
         positions = pc.index_in(pa.array(hashes, pa.string()), value_set=keys).to_numpy(zero_copy_only=False)
         index = np.where(np.isnan(positions.astype(np.float64)), -1, positions).astype(np.int64)
-        return index, table.column("vector").combine_chunks()
+        file_of_row = np.repeat(np.arange(len(files), dtype=np.int64), [t.num_rows for t in tables])
+        return CacheLookup(index, table.column("vector").combine_chunks(), files, file_of_row)
 
 
 def entries_path(cache: CacheLayout, modality: str, hashes: list[str]) -> str:
@@ -103,7 +132,12 @@ def entries_path(cache: CacheLayout, modality: str, hashes: list[str]) -> str:
 
 
 def write_entries(storage: Storage, cache: CacheLayout, modality: str, hashes: pa.Array | pa.ChunkedArray,
-                  vectors: pa.Array | pa.ChunkedArray) -> None:
-    """Add (content hash -> vector) entries of one modality to the cache key ``cache``, as one new file."""
+                  vectors: pa.Array | pa.ChunkedArray) -> str:
+    """Add (content hash -> vector) entries of one modality to the cache key ``cache``, as one new file.
+
+    Returns the file's path (relative to the storage root).
+    """
     table = pa.table({"content_sha256": hashes.cast(pa.string()), "vector": vectors})
-    storage.write_parquet(entries_path(cache, modality, table.column("content_sha256").to_pylist()), table)
+    path = entries_path(cache, modality, table.column("content_sha256").to_pylist())
+    storage.write_parquet(path, table)
+    return path

@@ -210,8 +210,9 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
                                for m, t in todo.items()])
     written: list[dict] = []
     from_cache: dict[str, int] = {}
+    cache_hit_files: dict[str, set[str]] = {}
     if cache is not None and inputs.num_rows:
-        inputs, hits = split_cache_hits(config, cache, inputs)
+        inputs, hits, cache_hit_files = split_cache_hits(config, cache, inputs)
         for start in range(0, hits.num_rows, config.embed.rows_per_file):
             written.extend(write_partition_files(hits.slice(start, config.embed.rows_per_file), target).to_pylist())
         for modality in hits.column("modality").to_pylist():
@@ -251,7 +252,10 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         record = CommitRecord(run_id=run_id, model=model, modality=modality, dim=info.dim, files=files, rows=rows,
                               quarantined=quarantined, model_info={**metadata, "embedeval.modality": modality},
                               inputs_sha256=fingerprints[modality],
-                              errors_files=[r["errors_path"] for r in mine if r["errors_path"]])
+                              errors_files=[r["errors_path"] for r in mine if r["errors_path"]],
+                              cache_files=sorted(cache_hit_files.get(modality, set())
+                                                 | {r["cache_path"] for r in mine if r.get("cache_path")})
+                              if cache is not None else [])
         write_commit_marker(storage, record)
         summaries[modality] = PartitionSummary(model, modality, mod_inputs.num_rows, rows, quarantined, False,
                                                seconds, info.weights_random, from_cache.get(modality, 0),
@@ -259,8 +263,10 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     return [summaries[m] for m in inputs_by_modality]
 
 
-def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(rows still to embed, rows whose vector the cache holds, in the embedded-rows layout)."""
+def split_cache_hits(config: RunConfig, cache: EmbeddingCache,
+                     inputs: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, set[str]]]:
+    """(rows still to embed, rows whose vector the cache holds in the embedded-rows layout, and per modality
+    the cache files those vectors came from)."""
     kinds = [cache_kind(m) for m in inputs.column("modality").to_pylist()]
     if cache.has_entries("image") and any(k == "image" for k in kinds):
         inputs = hash_inputs(config, inputs, cache.storage)
@@ -271,18 +277,24 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table)
     hashes = inputs.column("content_sha256").to_pylist()
     hit_rows: list[int] = []
     hit_vectors: list[pa.Array] = []
+    hit_files: dict[str, set[str]] = {}
+    modalities = np.asarray(inputs.column("modality").to_pylist(), dtype=object)
     for kind in ("image", "text"):
         rows = [i for i, k in enumerate(kinds) if k == kind and hashes[i] is not None]
         if not rows or not cache.has_entries(kind):
             continue
-        index, vectors = cache.lookup(kind, [hashes[i] for i in rows])
-        found = index >= 0
+        lookup = cache.find(kind, [hashes[i] for i in rows])
+        found = lookup.index >= 0
         hit_rows.extend(np.asarray(rows)[found].tolist())
-        hit_vectors.append(vectors.take(pa.array(index[found])))
+        hit_vectors.append(lookup.vectors.take(pa.array(lookup.index[found])))
+        for modality in set(modalities[rows].tolist()):
+            files = lookup.files_hit(found & (modalities[rows] == modality))
+            if files:
+                hit_files.setdefault(modality, set()).update(files)
     hit_mask = np.zeros(inputs.num_rows, bool)
     hit_mask[hit_rows] = True
     if not hit_rows:
-        return inputs.drop_columns(["content_sha256"]), inputs.slice(0, 0)
+        return inputs.drop_columns(["content_sha256"]), inputs.slice(0, 0), hit_files
     hits = inputs.take(pa.array(hit_rows, pa.int64()))
     hits = pa.table({"id": hits.column("id"), "sub": hits.column("sub"), "modality": hits.column("modality"),
                      "content_sha256": pa.nulls(hits.num_rows, pa.string()),  # already cached: not re-added
@@ -290,7 +302,7 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table)
                      "error_stage": pa.nulls(hits.num_rows, pa.string()),
                      "error_reason": pa.nulls(hits.num_rows, pa.string())})
     misses = inputs.filter(pa.array(~hit_mask)).drop_columns(["content_sha256"])
-    return misses, hits
+    return misses, hits, hit_files
 
 
 def hash_inputs(config: RunConfig, inputs: pa.Table, storage: Storage) -> pa.Table:

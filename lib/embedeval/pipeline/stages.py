@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WRITTEN_SCHEMA = pa.schema([
     ("modality", pa.string()), ("path", pa.string()), ("rows", pa.int64()), ("sha256", pa.string()),
-    ("errors_path", pa.string()), ("errors", pa.int64()),
+    ("errors_path", pa.string()), ("errors", pa.int64()), ("cache_path", pa.string()),
 ])
 
 
@@ -189,7 +189,7 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
     good = batch.filter(ok)
     bad = batch.filter(pc.invert(ok))
     name = part_name(batch.column("id").to_pylist(), batch.column("sub").to_pylist())
-    path = errors_path = sha = ""
+    path = errors_path = sha = cache_path = ""
     if good.num_rows:
         vectors = good.column("vector").combine_chunks()
         dim = vectors.type.list_size
@@ -201,8 +201,8 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         if target.cache is not None and "content_sha256" in good.column_names:
             fresh = pc.is_valid(good.column("content_sha256"))
             if pc.any(fresh).as_py():
-                write_entries(target.storage, target.cache, modality, good.column("content_sha256").filter(fresh),
-                              table.column("vector").filter(fresh))
+                cache_path = write_entries(target.storage, target.cache, modality,
+                                           good.column("content_sha256").filter(fresh), table.column("vector").filter(fresh))
     if bad.num_rows:
         errors = pa.table({
             "id": bad.column("id"), "sub": bad.column("sub").cast(pa.int16()),
@@ -214,7 +214,7 @@ def _write_modality(batch: pa.Table, modality: str, target: PartitionTarget) -> 
         errors_path = f"{target.errors_dir(modality)}/{name}"
         target.storage.write_parquet(errors_path, errors)
     return {"modality": modality, "path": path, "rows": good.num_rows, "sha256": sha,
-            "errors_path": errors_path, "errors": bad.num_rows}
+            "errors_path": errors_path, "errors": bad.num_rows, "cache_path": cache_path}
 
 
 def hash_media(batch: pa.Table, storage: Storage | None, limits: MediaLimits) -> pa.Table:

@@ -219,12 +219,21 @@ def _when(ts: float | None) -> str:
     return RunTime(ts, "").text() if ts is not None else "?"
 
 
+def _lease_text(storage: Storage, run_id: str) -> str:
+    from embedeval.io.lease import describe_holder, is_held, read_lease
+
+    record = read_lease(storage, run_id)
+    if record is None:
+        return "none"
+    return ("held by " if is_held(record) else "left by (expired or dead) ") + describe_holder(record)
+
+
 def show_run(storage: Storage, run_id: str) -> str:
     """A human-readable account of one run: partitions, quarantine, errors, scores, report."""
     s = summarize_run(storage, run_id)
     out = [f"run {s.run_id}", f"  root:        {storage.uri(RunLayout(s.run_id).base)}",
            f"  time:        {s.time.text()} ({s.time.source})",
-           f"  config.yaml: {'present' if s.has_config else 'missing'}"]
+           f"  config.yaml: {'present' if s.has_config else 'missing'}", f"  lease:       {_lease_text(storage, run_id)}"]
     models = ", ".join(m + (" ⚠ RANDOM WEIGHTS" if m in s.random_models else "") for m in s.models)
     out.append(f"  models:      {models or '-'}")
     if s.partitions:
