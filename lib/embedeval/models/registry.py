@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
@@ -23,7 +23,10 @@ from embedeval.io.storage import S3Options
 from embedeval.models.base import EmbeddingModel, ModelError
 from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean, resolve_device
 
-__all__ = ["FAMILIES", "ParsedSpec", "describe_spec", "load_model", "spec_forms"]
+if TYPE_CHECKING:  # torch is imported only by the families that use it
+    from embedeval.models.inference import SplitPreprocess
+
+__all__ = ["FAMILIES", "ParsedSpec", "describe_spec", "load_model", "load_split_preprocess", "spec_forms"]
 
 # family name -> module implementing it
 FAMILIES: dict[str, str] = {
@@ -94,3 +97,21 @@ def load_preprocessor(spec: str, *, s3: S3Options | None = None,
     if hasattr(module, "load_preprocessor"):
         return module.load_preprocessor(parsed)
     return load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir).preprocess_image
+
+
+def load_split_preprocess(spec: str, *, s3: S3Options | None = None,
+                          cache_dir: str | None = None) -> "SplitPreprocess | None":
+    """The model's preprocessing split for the uint8 path (see ``models.inference.SplitPreprocess``), or None.
+
+    None: the model takes float32 images only (its transform does not split, or it embeds no images),
+    and the pipeline ships float32 CHW arrays for it. Like :func:`load_preprocessor`, it builds no model
+    where the family can say from the spec alone (``load_split_preprocess(parsed)``).
+    """
+    parsed = describe_spec(spec)
+    if parsed.family in ("precomputed", "builtin"):
+        return None
+    module = _family_module(parsed.family)
+    if hasattr(module, "load_split_preprocess"):
+        return module.load_split_preprocess(parsed)
+    model = load_model(spec, device="cpu", s3=s3, cache_dir=cache_dir)
+    return getattr(model, "split_preprocess", None)
