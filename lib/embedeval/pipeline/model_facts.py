@@ -6,13 +6,16 @@ Kept apart from the registry so the pipeline depends only on ``load_model`` and 
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
 
 from embedeval.io.storage import S3Options
 from embedeval.models.base import ALL_MODALITIES, IMAGE_MODALITIES, EmbeddingModel, ModelInfo
+
+if TYPE_CHECKING:
+    from embedeval.models.inference import SplitPreprocess
 
 _lock = threading.Lock()
 _loaded: dict[str, EmbeddingModel] = {}
@@ -52,3 +55,10 @@ def load_preprocessor(spec: str, s3: S3Options | None = None,
     except ImportError:
         return loaded_model(spec, s3, cache_dir).preprocess_image
     return registry_preprocessor(spec, s3=s3, cache_dir=cache_dir)
+
+
+def load_split(spec: str, s3: S3Options | None = None, cache_dir: str | None = None) -> "SplitPreprocess | None":
+    """The model's preprocessing split for the uint8 path, or None (then the pipeline ships float32)."""
+    from embedeval.models.registry import load_split_preprocess
+
+    return load_split_preprocess(spec, s3=s3, cache_dir=cache_dir)
