@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +66,8 @@ def test_uint8_rows_are_a_quarter_of_the_bytes_and_embed_the_same_vectors(broken
     good = [i for i, (stage, _) in enumerate(_errors(floats)) if stage is None]
     assert 0 < len(good) < broken_inputs.num_rows
     for i in good:
-        assert len(uint8s.column("pixels")[i].as_py()) * 4 == len(floats.column("pixels")[i].as_py()) == 3 * 224 * 224 * 4
+        float_bytes = len(floats.column("pixels")[i].as_py())
+        assert len(uint8s.column("pixels")[i].as_py()) * 4 == float_bytes == 3 * 224 * 224 * 4
     embedder = Embedder(SPEC, None, "cpu", 1, limits=LIMITS)
     want, got = embedder(floats), embedder(uint8s)
     assert _errors(got) == _errors(want)

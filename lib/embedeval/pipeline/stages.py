@@ -172,6 +172,9 @@ class Embedder:
         if all(f == "float32" for f in formats):
             stack = np.stack([np.frombuffer(p, dtype=np.float32).reshape(s) for p, s in zip(pix, shapes)])
             return np.asarray(self.model.embed_images(stack), dtype=np.float32)
+        if "jpeg" not in formats:  # one host-to-device copy of the stacked batch, in run_batch
+            stack = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(s) for p, s in zip(pix, shapes)])
+            return np.asarray(self.model.embed_uint8_images(stack), dtype=np.float32)
         import torch
 
         from embedeval.pipeline.device_decode import pixels_from_row
