@@ -60,6 +60,20 @@ class EmbedSettings(BaseModel):
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="larger images are quarantined")
     max_image_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     use_cache: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="GPU inference under autocast; on CPU always fp32 (a log line says so)")
+    gpu_jpeg_decode: Literal["auto", "off"] = Field(
+        default="auto", description="auto: decode JPEGs in the embed actor on its GPU (CPU path per image otherwise)")
+    decode_workers_per_gpu: Literal["auto"] | int = Field(
+        default="auto", description="prepare (decode) actors per GPU; auto: the cluster's spare CPUs per GPU. "
+                                    "On a cluster without GPUs decode_concurrency applies")
+
+    @field_validator("decode_workers_per_gpu", mode="before")
+    @classmethod
+    def _positive_workers(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError("use 'auto' or a whole number of at least 1")
+        return value
 
 
 class RayOptions(BaseModel):

@@ -18,7 +18,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -65,6 +65,15 @@ class ModelFamily(ABC):
         """The image preprocessing (PIL RGB -> float32 CHW). Default: a CPU replica's; override when the
         family can build it without the model."""
         return self.load(parsed, replace(opts, device="cpu")).preprocess_image
+
+    def split_preprocess(self, parsed: ParsedSpec, opts: LoadOptions) -> Any:
+        """The preprocessing split for the uint8 path (:class:`embedeval.models.inference.SplitPreprocess`:
+        geometric part on CPU workers, normalisation on the device), or None when the family ships float32
+        images (its transform does not split, or it embeds no images). Default: a CPU replica's
+        ``split_preprocess`` attribute, if it has one."""
+        if not self.embeds or not set(self.modalities) & {"image", "sketch"}:
+            return None
+        return getattr(self.load(parsed, replace(opts, device="cpu")), "split_preprocess", None)
 
 
 def register_family(family: ModelFamily) -> ModelFamily:

@@ -21,7 +21,15 @@ from torch import nn
 
 from embedeval.models.base import ALL_MODALITIES, ModelError, ModelInfo
 from embedeval.models.family import ModelFamily, register_family
-from embedeval.models.inference import image_batch_tensor, run_batch, transform_to_chw
+from embedeval.models.inference import (
+    SplitPreprocess,
+    embed_uint8,
+    image_batch_tensor,
+    run_batch,
+    split_transform,
+    transform_to_chw,
+    uint8_chw,
+)
 from embedeval.models.spec import (
     WEIGHTS_RANDOM,
     LoadOptions,
@@ -180,11 +188,23 @@ class OpenClipModel:
         self.info = info
         self.module = module
         self.transform = transform
+        self.split_preprocess: SplitPreprocess | None = split_transform(transform)
         self.tokenizer = tokenizer
         self.device = device
 
     def preprocess_image(self, image: Image.Image) -> np.ndarray:
         return transform_to_chw(self.transform, image)
+
+    def preprocess_image_uint8(self, image: Image.Image) -> np.ndarray:
+        """The geometric half of the preprocessing: uint8 (3, H, W), normalised later by embed_uint8_images."""
+        if self.split_preprocess is None:
+            raise ModelError(f"{self.info.spec}: its preprocessing does not split into a uint8 part")
+        return uint8_chw(self.split_preprocess, image)
+
+    def embed_uint8_images(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) uint8 from preprocess_image_uint8 (numpy, or a tensor on any device) -> (n, dim)."""
+        return embed_uint8(self.module.encode_image, self.split_preprocess, batch, device=self.device,
+                           dim=self.info.dim, spec=self.info.spec)
 
     def embed_images(self, batch: np.ndarray) -> np.ndarray:
         return run_batch(self.module.encode_image, image_batch_tensor(batch, spec=self.info.spec),

@@ -12,6 +12,7 @@ Examples: ``torchvision:resnet50``, ``torchvision:vit_b_16:IMAGENET1K_V1``, ``to
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -21,8 +22,11 @@ from embedeval.models.base import EmbeddingModel, ModelError, ModelInfo
 from embedeval.models.family import ModelFamily, family_names, find_family
 from embedeval.models.spec import LoadOptions, ParsedSpec, did_you_mean, resolve_device
 
+if TYPE_CHECKING:  # torch is imported only by the families that use it
+    from embedeval.models.inference import SplitPreprocess
+
 __all__ = ["ParsedSpec", "describe_model", "describe_spec", "family_of", "load_model", "load_preprocessor",
-           "spec_forms"]
+           "load_split_preprocess", "spec_forms"]
 
 
 def spec_forms() -> list[str]:
@@ -103,3 +107,15 @@ def load_preprocessor(spec: str, *, storage: Storage | None = None,
     """
     parsed = describe_spec(spec)
     return family_of(spec).preprocessor(parsed, LoadOptions(device="cpu", storage=storage, cache_dir=cache_dir))
+
+
+def load_split_preprocess(spec: str, *, storage: Storage | None = None,
+                          cache_dir: str | None = None) -> "SplitPreprocess | None":
+    """The model's preprocessing split for the uint8 path (see ``models.inference.SplitPreprocess``), or None.
+
+    None: the model takes float32 images only (its transform does not split, or it embeds no images),
+    and the pipeline ships float32 CHW arrays for it. Like :func:`load_preprocessor`, it builds no model
+    where the family can say from the spec alone.
+    """
+    parsed = describe_spec(spec)
+    return family_of(spec).split_preprocess(parsed, LoadOptions(device="cpu", storage=storage, cache_dir=cache_dir))

@@ -24,7 +24,15 @@ from torch import nn
 
 from embedeval.models.base import IMAGE_MODALITIES, ModelError, ModelInfo
 from embedeval.models.family import ModelFamily, register_family
-from embedeval.models.inference import image_batch_tensor, run_batch, transform_to_chw
+from embedeval.models.inference import (
+    SplitPreprocess,
+    embed_uint8,
+    image_batch_tensor,
+    run_batch,
+    split_transform,
+    transform_to_chw,
+    uint8_chw,
+)
 from embedeval.models.spec import (
     WEIGHTS_DEFAULT,
     WEIGHTS_RANDOM,
@@ -93,6 +101,15 @@ def load_preprocessor(parsed: ParsedSpec) -> Callable[[Image.Image], np.ndarray]
     """The weights enum's transforms as PIL -> float32 CHW; builds no model and reads no weights file."""
     transform = _reference_weights(parsed).transforms()
     return lambda image: transform_to_chw(transform, image)
+
+
+def load_split_preprocess(parsed: ParsedSpec) -> SplitPreprocess | None:
+    """The same transforms as :func:`load_preprocessor`, split for the uint8 path; builds no model."""
+    import torchvision
+
+    enum_cls = torchvision.models.get_model_weights(parsed.architecture)
+    reference = enum_cls[parsed.weights] if parsed.weights_kind == "hub" else enum_cls.DEFAULT
+    return split_transform(reference.transforms())
 
 
 def load(parsed: ParsedSpec, opts: LoadOptions) -> "TorchvisionModel":
@@ -181,10 +198,22 @@ class TorchvisionModel:
         self.info = info
         self.module = module
         self.transform = transform
+        self.split_preprocess: SplitPreprocess | None = split_transform(transform)
         self.device = device
 
     def preprocess_image(self, image: Image.Image) -> np.ndarray:
         return transform_to_chw(self.transform, image)
+
+    def preprocess_image_uint8(self, image: Image.Image) -> np.ndarray:
+        """The geometric half of the preprocessing: uint8 (3, H, W), normalised later by embed_uint8_images."""
+        if self.split_preprocess is None:
+            raise ModelError(f"{self.info.spec}: its preprocessing does not split into a uint8 part")
+        return uint8_chw(self.split_preprocess, image)
+
+    def embed_uint8_images(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) uint8 from preprocess_image_uint8 (numpy, or a tensor on any device) -> (n, dim)."""
+        return embed_uint8(self.module, self.split_preprocess, batch, device=self.device, dim=self.info.dim,
+                           spec=self.info.spec)
 
     def embed_images(self, batch: np.ndarray) -> np.ndarray:
         return run_batch(self.module, image_batch_tensor(batch, spec=self.info.spec), device=self.device,
@@ -260,6 +289,9 @@ class TorchvisionFamily(ModelFamily):
 
     def preprocessor(self, parsed: ParsedSpec, opts: LoadOptions) -> Callable[[Image.Image], np.ndarray]:
         return load_preprocessor(parsed)
+
+    def split_preprocess(self, parsed: ParsedSpec, opts: LoadOptions) -> SplitPreprocess | None:
+        return load_split_preprocess(parsed)
 
 
 register_family(TorchvisionFamily())

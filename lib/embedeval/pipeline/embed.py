@@ -48,11 +48,12 @@ from embedeval.io.manifest import ManifestError, ManifestReadResult, load_manife
 from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.io.storage import Storage, StorageError
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
+from embedeval.pipeline.embed_plan import EmbedPlan, plan_for_model
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_embeds, model_modalities
 from embedeval.pipeline.progress import Progress
 from embedeval.pipeline.prompts import precomputed_prompt_inputs, run_prompt_texts
-from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
+from embedeval.pipeline.ray_runtime import ensure_ray
 from embedeval.pipeline.stages import (
     WRITTEN_SCHEMA,
     Embedder,
@@ -194,7 +195,8 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         return [summaries[m] for m in inputs_by_modality]
 
     started = time.time()
-    info = describe_model(entry.spec, storage)
+    plan = plan_for_model(config.embed, entry.spec, storage)
+    info = plan.stamp(describe_model(entry.spec, storage))  # precision / GPU decode: other vectors
     metadata = {**info.as_metadata(), "embedeval.run_id": run_id, "embedeval.model": model}
     cache = None
     embeds = model_embeds(entry.spec)
@@ -222,7 +224,7 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     if not embeds:
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
-        ds = build_dataset(config, entry, inputs, storage)
+        ds = build_dataset(config, entry, inputs, storage, plan)
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
         task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
@@ -388,26 +390,32 @@ def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) ->
         raise EmbedError(f"{storage.uri(where)}: duplicate (id, sub) rows; not committing")
 
 
-def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storage: Storage):  # noqa: ANN201
-    """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities."""
+def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storage: Storage,  # noqa: ANN201
+                  plan: EmbedPlan | None = None):
+    """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities.
+
+    ``plan`` (default: :func:`plan_for_model`) sets the device, precision, JPEG decoding and decoders.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
     settings = config.embed
+    plan = plan or plan_for_model(settings, entry.spec, storage)
     rows_per_block = max(settings.batch_size, min(settings.rows_per_file, 1024))
     blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
     ds = ray.data.from_arrow(blocks)
-    gpus = cluster_gpus()
-    device = settings.device if settings.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    device = plan.device
     batch_size = entry.batch_size or settings.batch_size
     limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
-                        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "limits": limits},
-                        compute=ActorPoolStrategy(size=settings.decode_concurrency), num_cpus=1)
+                        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "limits": limits,
+                                               "device_jpeg": plan.gpu_jpeg_decode},
+                        compute=ActorPoolStrategy(size=plan.decode_workers), num_cpus=1)
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     ds = ds.map_batches(
         Embedder, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads},
+        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads,
+                               "precision": plan.precision, "limits": limits},
         compute=ActorPoolStrategy(size=settings.concurrency),
         num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
         num_cpus=0.5 if device == "cpu" else 1,

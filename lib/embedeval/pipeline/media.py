@@ -170,3 +170,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+def device_decodable_jpeg(data: bytes, max_pixels: int) -> bool:
+    """Whether these bytes may skip Pillow and be decoded by the embed actor on its device.
+
+    True only for a complete JPEG (starts with SOI, ends with EOI, so a truncated file never takes this
+    path) in RGB or greyscale whose header size is within ``max_pixels``. Everything else (other
+    formats, CMYK, over-limit or unreadable headers) returns False and goes through :func:`decode_image`
+    on the CPU worker, which quarantines it with its reason: the same rules whichever path an image takes.
+    Never raises.
+    """
+    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        return False
+    try:
+        with _pil_limits(None):
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            return img.format == "JPEG" and img.mode in ("RGB", "L") and width * height <= max_pixels
+    except Exception:  # noqa: BLE001 - any doubt: the CPU path decides, with its reasons
+        return False

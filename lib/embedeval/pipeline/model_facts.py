@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -15,6 +16,9 @@ from PIL import Image
 from embedeval.io.storage import Storage
 from embedeval.models.base import EmbeddingModel, ModelInfo
 from embedeval.models.family import ModelFamily
+
+if TYPE_CHECKING:
+    from embedeval.models.inference import SplitPreprocess
 
 _lock = threading.Lock()
 _loaded: dict[str, EmbeddingModel] = {}
@@ -59,3 +63,10 @@ def load_preprocessor(spec: str, storage: Storage | None = None,
     from embedeval.models.registry import load_preprocessor as registry_preprocessor
 
     return registry_preprocessor(spec, storage=storage, cache_dir=cache_dir)
+
+
+def load_split(spec: str, storage: Storage | None = None, cache_dir: str | None = None) -> "SplitPreprocess | None":
+    """The model's preprocessing split for the uint8 path, or None (then the pipeline ships float32)."""
+    from embedeval.models.registry import load_split_preprocess
+
+    return load_split_preprocess(spec, storage=storage, cache_dir=cache_dir)

@@ -6,8 +6,11 @@ one exception in a UDF, so no per-item problem may escape as an exception here.
 
 Row columns through the stages:
   input    id, sub, modality, source (a media URI, or the text for modalities text and prompt)
-  prepared input + content_sha256, pixels (float32 CHW bytes; null for text), shape (list<int32>),
-           error_stage, error_reason
+  prepared input + content_sha256, pixels (bytes; null for text), shape (list<int32>, CHW; null for
+           jpeg), pixel_format (uint8: the geometric half of the model's preprocessing, normalised
+           on the embed actor's device; float32: the whole transform, for models whose transform
+           does not split; jpeg: the file's bytes, decoded by the embed actor on its GPU), error_stage,
+           error_reason
   embedded id, sub, modality, content_sha256, vector (fixed_size_list<float32>[d], null on error),
            error_stage, error_reason
   written  one row per (file, modality): modality, path, rows, sha256, errors_path, errors
@@ -32,7 +35,8 @@ from embedeval.io.prompts import TEXT_MODALITIES
 from embedeval.io.quarantine import ERRORS_SCHEMA
 from embedeval.io.storage import Storage
 from embedeval.pipeline.cache import bytes_sha256, text_sha256, write_entries
-from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image
+from embedeval.pipeline.embed_plan import autocast_for
+from embedeval.pipeline.media import BadItem, MediaLimits, MediaReader, decode_image, device_decodable_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -53,50 +57,80 @@ def _previous_errors(batch: pa.Table) -> tuple[list[str | None], list[str | None
 
 
 class ImagePreparer:
-    """Read, decode and apply the model's own preprocessing. One instance per Ray actor."""
+    """Read, decode and apply the model's own preprocessing. One instance per Ray actor.
 
-    def __init__(self, spec: str, storage: Storage | None, limits: MediaLimits, cache_dir: str | None = None) -> None:
-        from embedeval.pipeline.model_facts import load_preprocessor
+    Where the model's transform splits (``models.inference.split_transform``) only its geometric half
+    runs here and rows carry uint8 pixels, a quarter of the float32 bytes; with ``device_jpeg`` the
+    complete RGB/greyscale JPEGs within the limits are not decoded here at all but shipped as bytes.
+    """
 
-        self.preprocess = load_preprocessor(spec, storage=storage, cache_dir=cache_dir)
+    def __init__(self, spec: str, storage: Storage | None, limits: MediaLimits, cache_dir: str | None = None,
+                 *, uint8: bool = True, device_jpeg: bool = False) -> None:
+        from embedeval.pipeline.model_facts import load_preprocessor, load_split
+
+        self.split = load_split(spec, storage=storage, cache_dir=cache_dir) if uint8 else None
+        self.preprocess = None if self.split else load_preprocessor(spec, storage=storage, cache_dir=cache_dir)
+        self.device_jpeg = device_jpeg and self.split is not None
         self.reader = MediaReader(storage, limits)
+
+    def _prepare(self, data: bytes) -> tuple[bytes, list[int] | None, str]:
+        max_pixels = self.reader.limits.max_pixels
+        if self.device_jpeg and device_decodable_jpeg(data, max_pixels):
+            return data, None, "jpeg"
+        if self.split is not None:
+            from embedeval.models.inference import uint8_chw
+
+            array = uint8_chw(self.split, decode_image(data, max_pixels))
+            return array.tobytes(), list(array.shape), "uint8"
+        array = np.ascontiguousarray(self.preprocess(decode_image(data, max_pixels)), dtype=np.float32)
+        return array.tobytes(), list(array.shape), "float32"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stages, reasons = _previous_errors(batch)
         pixels: list[bytes | None] = []
         shapes: list[list[int] | None] = []
+        formats: list[str | None] = []
         hashes: list[str | None] = []
         for i, (source, modality) in enumerate(zip(batch.column("source").to_pylist(),
                                                    batch.column("modality").to_pylist())):
-            array, digest = None, None
+            payload, shape, fmt, digest = None, None, None, None
             if modality in TEXT_MODALITIES:
                 digest = text_sha256(source)
             elif stages[i] is None:
                 try:
                     data = self.reader.read_bytes(source)
                     digest = bytes_sha256(data)
-                    array = np.ascontiguousarray(self.preprocess(decode_image(data, self.reader.limits.max_pixels)),
-                                                 dtype=np.float32)
+                    payload, shape, fmt = self._prepare(data)
                 except BadItem as bad:
                     stages[i], reasons[i] = bad.stage, bad.reason
                 except Exception as exc:  # noqa: BLE001 - any other per-item failure is quarantined, never raised
                     stages[i], reasons[i] = "decode", f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+            if stages[i] is not None:
+                payload, shape, fmt = None, None, None
             hashes.append(digest)
-            pixels.append(None if array is None else array.tobytes())
-            shapes.append(None if array is None else list(array.shape))
+            pixels.append(payload)
+            shapes.append(shape)
+            formats.append(fmt)
         return pa.table({
             "id": batch.column("id"), "sub": batch.column("sub"), "modality": batch.column("modality"),
             "source": batch.column("source"), "content_sha256": pa.array(hashes, pa.string()),
             "pixels": pa.array(pixels, pa.binary()), "shape": pa.array(shapes, pa.list_(pa.int32())),
+            "pixel_format": pa.array(formats, pa.string()),
             **_error_columns(stages, reasons),
         })
 
 
 class Embedder:
-    """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail."""
+    """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail.
+
+    uint8 rows are normalised on the replica's device; jpeg rows are decoded there first
+    (``pipeline.device_decode``: the device's decoder, Pillow per image where it fails, quarantined
+    with the CPU path's reasons). ``precision`` is a resolved ``embed.precision`` (autocast on CUDA).
+    """
 
     def __init__(self, spec: str, storage: Storage | None, device: str,
-                 torch_threads: int | None, cache_dir: str | None = None) -> None:
+                 torch_threads: int | None, cache_dir: str | None = None, *, precision: str = "fp32",
+                 limits: MediaLimits = MediaLimits()) -> None:
         import torch
 
         from embedeval.models.registry import load_model
@@ -105,32 +139,71 @@ class Embedder:
             torch.set_num_threads(torch_threads)
         self.model = load_model(spec, device=device, storage=storage, cache_dir=cache_dir)
         self.dim = self.model.info.dim
+        self.device = device
+        self.precision = precision
+        self.limits = limits
 
-    def _embed(self, batch: pa.Table, rows: list[int], text: bool) -> np.ndarray:
+    def _decode_jpegs(self, batch: pa.Table, stages: list[str | None], reasons: list[str | None]) -> dict:
+        """Row -> uint8 CHW tensor on the device for the good jpeg rows; failures marked in stages/reasons."""
+        if "pixel_format" not in batch.column_names:
+            return {}
+        formats = batch.column("pixel_format").to_pylist()
+        rows = [i for i, f in enumerate(formats) if f == "jpeg" and stages[i] is None]
+        if not rows:
+            return {}
+        from embedeval.pipeline.device_decode import decode_jpegs
+
+        datas = batch.column("pixels").take(pa.array(rows, pa.int64())).to_pylist()
+        ready = {}
+        for i, out in zip(rows, decode_jpegs(datas, self.model.split_preprocess, self.device, self.limits.max_pixels)):
+            if isinstance(out, BadItem):
+                stages[i], reasons[i] = out.stage, out.reason
+            else:
+                ready[i] = out
+        return ready
+
+    def _embed(self, batch: pa.Table, rows: list[int], text: bool, ready: dict) -> np.ndarray:
         if text:
             texts = batch.column("source").take(pa.array(rows, pa.int64())).to_pylist()
             return np.asarray(self.model.embed_texts(texts), dtype=np.float32)
-        pix = batch.column("pixels").take(pa.array(rows, pa.int64())).to_pylist()
-        shapes = batch.column("shape").take(pa.array(rows, pa.int64())).to_pylist()
-        stack = np.stack([np.frombuffer(p, dtype=np.float32).reshape(s) for p, s in zip(pix, shapes)])
-        return np.asarray(self.model.embed_images(stack), dtype=np.float32)
+        take = pa.array(rows, pa.int64())
+        pix = batch.column("pixels").take(take).to_pylist()
+        shapes = batch.column("shape").take(take).to_pylist()
+        formats = (batch.column("pixel_format").take(take).to_pylist() if "pixel_format" in batch.column_names
+                   else ["float32"] * len(rows))
+        if all(f == "float32" for f in formats):
+            stack = np.stack([np.frombuffer(p, dtype=np.float32).reshape(s) for p, s in zip(pix, shapes)])
+            return np.asarray(self.model.embed_images(stack), dtype=np.float32)
+        if "jpeg" not in formats:  # one host-to-device copy of the stacked batch, in run_batch
+            stack = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(s) for p, s in zip(pix, shapes)])
+            return np.asarray(self.model.embed_uint8_images(stack), dtype=np.float32)
+        import torch
+
+        from embedeval.pipeline.device_decode import pixels_from_row
+
+        tensors = [ready[i] if f == "jpeg" else pixels_from_row(p, s).to(self.device)
+                   for i, p, s, f in zip(rows, pix, shapes, formats)]
+        return np.asarray(self.model.embed_uint8_images(torch.stack(tensors)), dtype=np.float32)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         stages, reasons = _previous_errors(batch)
         is_text = [m in TEXT_MODALITIES for m in batch.column("modality").to_pylist()]
         vectors = np.zeros((n, self.dim), np.float32)
+        ready = self._decode_jpegs(batch, stages, reasons)
         for text in (False, True):
             good = [i for i in range(n) if stages[i] is None and is_text[i] == text]
             if not good:
                 continue
             try:
-                vectors[good] = self._embed(batch, good, text)
+                with autocast_for(self.precision, self.device):
+                    vectors[good] = self._embed(batch, good, text, ready)
             except Exception as exc:  # noqa: BLE001 - find the row(s) at fault, keep the rest
                 log.warning("batch of %d failed (%s); embedding its rows one by one", len(good), exc)
                 for i in good:
                     try:
-                        vectors[i] = self._embed(batch, [i], text)[0]
+                        with autocast_for(self.precision, self.device):
+                            vectors[i] = self._embed(batch, [i], text, ready)[0]
                     except Exception as row_exc:  # noqa: BLE001
                         stages[i] = "embed"
                         reasons[i] = f"model failed on this item: {type(row_exc).__name__}: {str(row_exc)[:200]}"
