@@ -43,7 +43,9 @@ def ray_local() -> Iterator[None]:
     """One in-process Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
+    from embedeval.pipeline.ray_runtime import init_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

@@ -103,7 +103,7 @@ def ensure_ray(options: RayOptions) -> None:
         kwargs["include_dashboard"] = False
         if options.num_cpus:
             kwargs["num_cpus"] = options.num_cpus
-    ray.init(**kwargs)
+    init_ray(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -180,3 +180,28 @@ def check_cluster(config: RunConfig) -> list[NodeCheck]:
                                     float(node.get("Resources", {}).get("GPU", 0.0)), "", False,
                                     f"not checked: the probe task failed ({reason})"))
     return checks
+
+
+#: How often a local Ray start is retried when its raylet misses Ray's fixed 30 s registration window.
+RAY_START_ATTEMPTS = 3
+
+
+def init_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)``, retried when a *local* node times out during startup.
+
+    Ray gives a starting raylet a fixed 30 s to register with the GCS; on a busy machine (CI, a shared
+    node) it can miss that window although nothing is wrong. The half-started node is shut down and
+    the start retried (:data:`RAY_START_ATTEMPTS` times); joining an existing cluster is never retried.
+    """
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or kwargs.get("address") or attempt == RAY_START_ATTEMPTS:
+                raise
+            log.warning("Ray's node did not register within 30 s (a busy machine?); retrying (%d of %d)",
+                        attempt + 1, RAY_START_ATTEMPTS)
+            ray.shutdown()
