@@ -93,11 +93,12 @@ def previous_rows(run_id: str = "r1") -> list[ScoreRow]:
 
 
 def write_scores(storage: Storage, run_id: str, rows: list[ScoreRow], created_at: str | None,
-                 comparisons: object = None) -> None:
+                 comparisons: object = None, per_item: object = None) -> None:
     """Commit a score stage's outputs as the score job does (no example tables)."""
     meta = {"run_id": run_id, **({"created_at": created_at} if created_at else {})}
+    extra = {name: t for name, t in (("comparisons", comparisons), ("per_item", per_item)) if t is not None}
     commit_scores(storage, run_id, scores_table(rows), AMBIGUITY_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table(),
-                  meta, extra={"comparisons": comparisons} if comparisons is not None else None)
+                  meta, extra=extra or None)
 
 
 def populate(storage: Storage) -> None:

@@ -3,7 +3,10 @@
 A change is called **significant** only when each run's value lies outside the other run's bootstrap 95%
 interval. That is deliberately conservative (overlapping intervals can still hide a real difference), but
 it never calls resampling noise a regression. When only one of the two holds the change is *borderline*.
-Rows without intervals are compared by value only and said to have no CI.
+Rows without intervals are compared by value only and said to have no CI. Where both runs kept the
+per-unit values of a score (anchors, queries, test items) and share units, the change gets a **paired**
+interval instead (:mod:`embedeval.report.paired_diff`: the shared units resampled with one set of indices);
+it is significant when that interval of new - old excludes 0.
 
 Rows are matched on their identity (model, task, target, metric, k, split, protocol): never on counts or
 seeds, which live in ``params``. So a catalogue that grows past the anchor sample, gains a label (k-means
@@ -15,12 +18,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from embedeval.report.leaderboard import model_cell
 from embedeval.report.scores import (ScoreKey, format_delta, format_score, is_missing, params_change, params_text,
                                      score_key)
 from embedeval.report.tables import Cell, Section, Table
 from embedeval.scoring.schema import ScoreRow
+
+if TYPE_CHECKING:
+    from embedeval.report.paired_diff import PairedChange
 
 SIGNIFICANT = "significant"
 BORDERLINE = "borderline"
@@ -37,6 +46,7 @@ class DiffRow:
     old: ScoreRow
     new: ScoreRow
     status: str
+    paired: "PairedChange | None" = None    # new - old on the units both runs share, where both kept them
 
     @property
     def key(self) -> ScoreKey:
@@ -75,12 +85,14 @@ def _outside(value: float, low: float | None, high: float | None) -> bool:
     return value < low or value > high  # type: ignore[operator]
 
 
-def classify_change(old: ScoreRow, new: ScoreRow) -> str:
+def classify_change(old: ScoreRow, new: ScoreRow, paired: "PairedChange | None" = None) -> str:
     """One of :data:`STATUS_ORDER`; see the module docstring for the rule."""
     if is_missing(old.value) or is_missing(new.value):
         return UNCHANGED if is_missing(old.value) and is_missing(new.value) else UNDEFINED
     if old.value == new.value:
         return UNCHANGED
+    if paired is not None and np.isfinite(paired.low):
+        return SIGNIFICANT if paired.excludes_zero else WITHIN_CI
     if any(is_missing(x) for x in (old.ci_low, old.ci_high, new.ci_low, new.ci_high)):
         return NO_CI
     new_out = _outside(float(new.value), old.ci_low, old.ci_high)  # type: ignore[arg-type]
@@ -103,8 +115,10 @@ def _key_sort(key: ScoreKey) -> tuple:
 
 
 def diff_scores(new_rows: list[ScoreRow], old_rows: list[ScoreRow], run_id: str, previous_run_id: str,
-                how_chosen: str) -> RunDiff:
-    """Match rows by identity (model, task, target, metric, k, split, protocol) and classify each change."""
+                how_chosen: str, paired: "dict[ScoreKey, PairedChange] | None" = None) -> RunDiff:
+    """Match rows by identity (model, task, target, metric, k, split, protocol) and classify each change;
+    ``paired`` (:func:`embedeval.report.paired_diff.paired_changes`) gives paired intervals where known."""
+    paired = paired or {}
     new = {score_key(r): r for r in new_rows}
     old = {score_key(r): r for r in old_rows}
     new_models = {r.model for r in new_rows}
@@ -113,7 +127,8 @@ def diff_scores(new_rows: list[ScoreRow], old_rows: list[ScoreRow], run_id: str,
     d.added_models = sorted(new_models - old_models)
     d.removed_models = sorted(old_models - new_models)
     for key in sorted(new.keys() & old.keys(), key=_key_sort):
-        d.compared.append(DiffRow(old[key], new[key], classify_change(old[key], new[key])))
+        change = paired.get(key)
+        d.compared.append(DiffRow(old[key], new[key], classify_change(old[key], new[key], change), change))
     d.added = [new[k] for k in sorted(new.keys() - old.keys(), key=_key_sort)]
     d.removed = [old[k] for k in sorted(old.keys() - new.keys(), key=_key_sort)]
     old_random = {r.model for r in old_rows if r.weights_random}
@@ -145,8 +160,13 @@ def changes_table(rows: list[DiffRow], random: set[str]) -> Table:
         status_css = {SIGNIFICANT: "sig", BORDERLINE: "border"}.get(d.status)
         change = d.params_change
         params = Cell(f"changed: {change}", emphasis=True) if change else Cell(params_text(d.new.params))
+        shown = format_delta(delta, d.old.value, d.new.value)
+        detail = None
+        if d.paired is not None and np.isfinite(d.paired.low):
+            detail = (f"paired [{format_delta(d.paired.low, d.old.value, d.new.value)}, "
+                      f"{format_delta(d.paired.high, d.old.value, d.new.value)}], {d.paired.shared} shared")
         table.rows.append([*_key_cells(d.new, random), params, _value_cell(d.old), _value_cell(d.new),
-                           Cell(format_delta(delta, d.old.value, d.new.value), sort=delta),
+                           Cell(shown, detail=detail, sort=delta),
                            Cell(arrow + d.status, emphasis=d.status == SIGNIFICANT, css=status_css)])
     return table
 
@@ -161,7 +181,8 @@ def rows_table(rows: list[ScoreRow], random: set[str]) -> Table:
 
 RULE = ("A change is **significant** when the new value lies outside the previous run's bootstrap 95% CI "
         "and the previous value lies outside the new CI; **borderline** when only one of the two holds; "
-        "**within CI** otherwise. ▲/▼ give the direction of the change (for ranks and distances lower is better).")
+        "**within CI** otherwise. Where both runs kept per-unit values and share units, the paired 95% "
+        "interval of the change (shown under Δ) decides instead: significant when it excludes 0. ▲/▼ give the direction of the change (for ranks and distances lower is better).")
 
 
 def diff_sections(d: RunDiff) -> list[Section]:
