@@ -266,4 +266,7 @@ SCORE_TASK = ScoreTask(
               dict(label="paper-code floor (shuffled)", target="all", metric="control_shuffled_embeddings",
                    protocol=PAPER_CODE),
               dict(label="corr_knn@{k}", target="all", metric="corr_knn", k_setting="corr_knn_k")),
-    plots=("embedeval.report.plots:corrembed_plots",), no_direction=("corr_random",))
+    plots=("embedeval.report.plots:corrembed_plots",),
+    # controls are floors, not scores a model should raise or lower: never a regression
+    no_direction=("corr_random", "control_random_vectors", "control_shuffled_embeddings", "control_binary_tags",
+                  "control_random_tags", "control_shuffled_tags"))
