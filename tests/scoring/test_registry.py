@@ -84,3 +84,10 @@ def test_unknown_tasks_options_and_broken_plugins_are_config_errors(toy_plugin: 
     assert registry.task_names()[:len(registry.BUILTIN_TASKS)] == list(registry.BUILTIN_TASKS)
     with pytest.raises(registry.TaskRegistryError, match="built-in"):
         registry.register_task(registry.ScoreTask("corrembed", lambda i: [], "dup"))
+
+
+def test_metric_directions_decide_what_a_regression_is() -> None:
+    d = registry.metric_direction
+    assert d("corrembed", "corrembed") == 1 and d("retrieval", "median_rank") == -1
+    assert d("corrembed", "control_shuffled_embeddings") == 0 and d("prototypes", "ambiguity_rate") == 0
+    assert d("no_such_task", "x") == 0 and d("retrieval", "failed") == 0
