@@ -27,7 +27,6 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -107,6 +106,3 @@ def score_common_panel(storage: Storage, run_id: str, previous_run_id: str, mani
                        {**record.__dict__, "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
     return record
 
-
-def shared_fraction(info: PanelInfo) -> float:
-    return float(np.divide(info.shared, max(info.current_items, 1)))
