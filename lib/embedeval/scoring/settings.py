@@ -23,6 +23,23 @@ ALL_TASKS: tuple[str, ...] = tuple(registry.BUILTIN_TASKS)
 EXECUTION_SETTINGS = {"use_ray", "block_size", "block_rows", "keep_blocks", "device", "allow_tf32", "common_panel"}
 
 
+def check_modalities(v: list[str] | None) -> list[str] | None:
+    """A settings list of modality names (shared by the score settings and task options)."""
+    bad = [m for m in v or [] if m not in MODALITIES]
+    if bad:
+        raise ValueError(f"unknown modalities {bad}; use {MODALITIES}")
+    return v
+
+
+def check_directions(v: list[str], setting: str) -> list[str]:
+    """A settings list of ``'a->b'`` modality directions (``label_pairs``, a task's ``bridge_pairs``)."""
+    for p in v:
+        a, sep, b = p.partition("->")
+        if not sep or a not in MODALITIES or b not in MODALITIES:
+            raise ValueError(f"{setting} entry {p!r} must look like 'sketch->image' (modalities: {MODALITIES})")
+    return v
+
+
 class ScoreSettings(BaseModel):
     """The score job's configuration (``score:`` section of a run config)."""
 
@@ -119,11 +136,7 @@ class ScoreSettings(BaseModel):
     @field_validator("label_pairs")
     @classmethod
     def _pairs(cls, v: list[str]) -> list[str]:
-        for p in v:
-            a, sep, b = p.partition("->")
-            if not sep or a not in MODALITIES or b not in MODALITIES:
-                raise ValueError(f"label_pairs entry {p!r} must look like 'sketch->image' (modalities: {MODALITIES})")
-        return v
+        return check_directions(v, "label_pairs")
 
     @model_validator(mode="after")
     def _known_tasks(self) -> "ScoreSettings":
@@ -149,7 +162,4 @@ class ScoreSettings(BaseModel):
     @field_validator("corr_modalities", "rank_modalities", "prototype_modalities")
     @classmethod
     def _modalities(cls, v: list[str] | None) -> list[str] | None:
-        bad = [m for m in v or [] if m not in MODALITIES]
-        if bad:
-            raise ValueError(f"unknown modalities {bad}; use {MODALITIES}")
-        return v
+        return check_modalities(v)

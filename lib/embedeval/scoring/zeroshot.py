@@ -38,13 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from embedeval.engine.knn import topk_search
 from embedeval.engine.sources import ArrayBlocks, BlockSource, Centred, IndexedRows, SoftmaxMix
 from embedeval.io.prompts import DEFAULT_TEMPLATES, PROMPT_MODALITY
-from embedeval.models.base import ALL_MODALITIES
 from embedeval.scoring.bootstrap import Interval, bootstrap_mean, derive_seed, percentile_interval, resample_indices
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
 from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
 from embedeval.scoring.retrieval import modality_mean, score_label_retrieval
 from embedeval.scoring.schema import ScoreRow
+from embedeval.scoring.settings import check_directions, check_modalities
 
 TASK = "zeroshot"
 PROTOCOL = "prompt-ensemble"
@@ -83,19 +83,12 @@ class ZeroShotOptions(BaseModel):
     @field_validator("modalities")
     @classmethod
     def _modalities(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in ALL_MODALITIES]
-        if bad:
-            raise ValueError(f"unknown modalities {bad}; use {ALL_MODALITIES}")
-        return v
+        return check_modalities(v)
 
     @field_validator("bridge_pairs")
     @classmethod
     def _pairs(cls, v: list[str]) -> list[str]:
-        for p in v:
-            a, sep, b = p.partition("->")
-            if not sep or a not in ALL_MODALITIES or b not in ALL_MODALITIES:
-                raise ValueError(f"bridge_pairs entry {p!r} must look like 'sketch->image'")
-        return v
+        return check_directions(v, "bridge_pairs")
 
     def templates(self) -> list[str]:
         """The templates a text tower embeds for every label."""
