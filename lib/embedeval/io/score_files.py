@@ -45,6 +45,15 @@ def read_scores_commit(storage: Storage, run_id: str, *, layout: RunLayout | Non
     return read_commit(storage, (layout or RunLayout(run_id)).scores)
 
 
+def read_committed_score_table(storage: Storage, run_id: str, which: ScoreTable = "scores", *,
+                               layout: RunLayout | None = None,
+                               columns: list[str] | None = None) -> pa.Table | None:
+    """One table of a run's committed score stage (or of the folder ``layout`` names), or None when the
+    stage has not committed or its marker does not list the table."""
+    found = read_scores_commit(storage, run_id, layout=layout)
+    return None if found is None else read_score_table(storage, found, which, columns)
+
+
 def read_score_table(storage: Storage, found: Commit, which: ScoreTable = "scores",
                      columns: list[str] | None = None) -> pa.Table | None:
     """One committed table (checked against the marker), or None when the marker does not list it."""

@@ -16,7 +16,7 @@ from embedeval.io.storage import Storage
 from embedeval.report.leaderboard import NEAR_BEST_MARK, Column, Leaderboard
 from embedeval.report.plots import Plot, Style, _figure, figure_png
 from embedeval.report.tables import Cell, Table
-from embedeval.io.score_files import read_score_table, read_scores_commit
+from embedeval.io.score_files import read_committed_score_table
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ Comparisons = dict[tuple[str, str, str, int | None, str, str], dict[tuple[str, s
 
 def load_comparisons(storage: Storage, run_id: str) -> Comparisons | None:
     """Pair rows by score identity (less the model), or None when the run has no comparisons file."""
-    found = read_scores_commit(storage, run_id)
-    table = None if found is None else read_score_table(storage, found, "comparisons")
+    table = read_committed_score_table(storage, run_id, "comparisons")
     if table is None:
         return None
     out: Comparisons = {}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from embedeval.io.score_files import ScoreTable, read_score_table, read_scores_commit
+from embedeval.io.score_files import ScoreTable, read_committed_score_table
 from embedeval.io.storage import Storage
 from embedeval.report.plots import Plot, Style, figure_png
 from embedeval.report.scores import is_missing
@@ -146,8 +146,7 @@ def _title_color(style: Style, model: str) -> str:
 def _records(storage: Storage, run_id: str, which: ScoreTable) -> list[dict[str, Any]] | None:
     """The rows of a committed score-stage table, or None when the run's scores marker does not list it
     or it has no rows (the score job writes empty tables when no prototypes task ran)."""
-    found = read_scores_commit(storage, run_id)
-    table = None if found is None else read_score_table(storage, found, which)
+    table = read_committed_score_table(storage, run_id, which)
     return None if table is None or table.num_rows == 0 else table.to_pylist()
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedeval.io.layout import RunLayout
-from embedeval.io.score_files import read_score_table, read_scores_commit
+from embedeval.io.score_files import read_committed_score_table
 from embedeval.io.storage import Storage
 from embedeval.report.scores import ScoreKey
 from embedeval.scoring.bootstrap import derive_seed
@@ -48,8 +48,7 @@ class PairedChange:
 def load_per_item(storage: Storage, run_id: str, *, layout: RunLayout | None = None) -> pa.Table | None:
     """A run's committed per-item values (or those of the score folder ``layout`` names: a common
     panel's), or None (no marker, or a run scored before they were kept)."""
-    found = read_scores_commit(storage, run_id, layout=layout)
-    return None if found is None else read_score_table(storage, found, "per_item")
+    return read_committed_score_table(storage, run_id, "per_item", layout=layout)
 
 
 def paired_changes(new: pa.Table, old: pa.Table, *, resamples: int = RESAMPLES,

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from embedeval.io.commit import read_commit
 from embedeval.io.embeddings import COMMIT_MARKER, read_commit_marker
 from embedeval.io.layout import RUNS_DIR, RunLayout, partition_of
-from embedeval.io.score_files import read_score_table, read_scores_commit
+from embedeval.io.score_files import read_committed_score_table, read_scores_commit
 from embedeval.io.storage import Storage
 from embedeval.report.scores import ReportError, has_scores
 
@@ -182,8 +182,7 @@ def summarize_run(storage: Storage, run_id: str) -> RunSummary:
         summary.error_rows = len(stages)
         for s in stages:
             summary.errors_by_stage[str(s)] = summary.errors_by_stage.get(str(s), 0) + 1
-    scores = read_scores_commit(storage, run_id)
-    table = None if scores is None else read_score_table(storage, scores, "scores", ["model", "weights_random"])
+    table = read_committed_score_table(storage, run_id, columns=["model", "weights_random"])
     if table is not None:
         summary.score_rows = table.num_rows
         models = table.column("model").to_pylist()

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.layout import RunLayout, marker_in
-from embedeval.io.score_files import read_score_table, read_scores_commit
+from embedeval.io.score_files import read_committed_score_table, read_scores_commit
 from embedeval.io.storage import Storage
 from embedeval.scoring.schema import ScoreRow, params_of
 
@@ -57,9 +57,8 @@ def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
     so an old run still diffs against a new one. Raises :class:`ReportError` when the run has no committed
     scores (none written, or the score stage has not finished).
     """
-    found = read_scores_commit(storage, run_id)
-    table = None if found is None else read_score_table(storage, found, "scores")
-    if table is None and found is None:
+    table = read_committed_score_table(storage, run_id)
+    if table is None and read_scores_commit(storage, run_id) is None:
         table = _read_legacy(storage, run_id)
     if table is None:
         where = storage.uri(RunLayout(run_id).scores)
@@ -71,8 +70,7 @@ def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
 def load_scores_at(storage: Storage, layout: RunLayout) -> list[ScoreRow]:
     """Rows of the committed scores in ``layout``'s score folder (a common panel's); :class:`ReportError`
     when that folder has none."""
-    found = read_scores_commit(storage, layout.run_id, layout=layout)
-    table = None if found is None else read_score_table(storage, found, "scores")
+    table = read_committed_score_table(storage, layout.run_id, layout=layout)
     if table is None:
         raise ReportError(f"no committed scores under {storage.uri(layout.scores)}: the score stage did not finish "
                           "there; rerun `embedeval score`")
