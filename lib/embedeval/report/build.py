@@ -57,10 +57,9 @@ def compute_diff(storage: Storage, run_id: str, rows: list[ScoreRow], previous_r
         how = "chosen automatically as " + how
     if previous_run_id is None:
         return RunDiff(run_id, None, how)
-    from embedeval.report.paired_diff import load_per_item, paired_changes
+    from embedeval.report.paired_diff import paired_changes_between
 
-    new_units, old_units = load_per_item(storage, run_id), load_per_item(storage, previous_run_id)
-    paired = paired_changes(new_units, old_units) if new_units is not None and old_units is not None else None
+    paired = paired_changes_between(storage, RunLayout(run_id), RunLayout(previous_run_id))
     return diff_scores(rows, load_scores(storage, previous_run_id), run_id, previous_run_id, how, paired)
 
 
@@ -139,11 +138,10 @@ def like_for_like(storage: Storage, diff: RunDiff) -> tuple[RunDiff | None, str 
     if info.identical:
         like = diff
     else:
-        from embedeval.report.paired_diff import load_per_item, paired_changes
+        from embedeval.report.paired_diff import paired_changes_between
 
         now, before = (panel_layout(diff.run_id, diff.previous_run_id, r) for r in (diff.run_id, diff.previous_run_id))
-        units = [load_per_item(storage, layout.run_id, layout=layout) for layout in (now, before)]
-        paired = paired_changes(*units) if all(u is not None for u in units) else None
+        paired = paired_changes_between(storage, now, before)
         like = diff_scores(load_scores_at(storage, now), load_scores_at(storage, before), diff.run_id,
                            diff.previous_run_id, diff.how_chosen, paired)
     return like, None, like_for_like_sections(like, info.shared, info.current_items, info.previous_items, None)

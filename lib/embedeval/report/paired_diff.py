@@ -51,6 +51,13 @@ def load_per_item(storage: Storage, run_id: str, *, layout: RunLayout | None = N
     return read_committed_score_table(storage, run_id, "per_item", layout=layout)
 
 
+def paired_changes_between(storage: Storage, new: RunLayout, old: RunLayout) -> dict[ScoreKey, PairedChange] | None:
+    """:func:`paired_changes` of two committed score folders (two runs, or both sides of a common panel);
+    None when either kept no per-item values."""
+    units = [load_per_item(storage, layout.run_id, layout=layout) for layout in (new, old)]
+    return paired_changes(*units) if units[0] is not None and units[1] is not None else None
+
+
 def paired_changes(new: pa.Table, old: pa.Table, *, resamples: int = RESAMPLES,
                    confidence: float = CONFIDENCE) -> dict[ScoreKey, PairedChange]:
     """Per score identity present in both tables: the paired interval of new - old over the (item, sub)
