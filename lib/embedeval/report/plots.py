@@ -522,23 +522,31 @@ def score_plots(rows: list[ScoreRow], style: Style, settings: ReportSettings) ->
     return plots, notes
 
 
+def _bar_panels(style: Style, models: list[str], groups: list[str],
+                panels: list[tuple[str, dict[tuple[str, str], ScoreRow]]], ylabel: str, title: str) -> Figure:
+    """Side-by-side panels of grouped bars (one bar per model in each group), with one shared legend."""
+    fig = _figure(max(7.0, 2.0 + 2.6 * len(panels) * (0.6 + 0.12 * len(models))), 4.4)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (panel_title, value_of) in zip(axes, panels):
+        _grouped_bars(ax, groups, style, models, value_of)
+        ax.set_title(panel_title)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    _legend(fig, style, models, bars=True, below=True)
+    return fig
+
+
 def plot_zeroshot(rows: list[ScoreRow], style: Style) -> Plot | None:
     """Zero-shot classification by prompts: acc@1, acc@5, mean per-class recall, one panel per modality."""
     zs = [r for r in rows if r.task == "zeroshot" and r.split == "all" and not is_missing(r.value)
           and r.metric in ("acc@1", "acc@5", "mean_per_class_recall")]
     if not zs:
         return None
-    targets = sorted({r.target for r in zs})
     metrics = [m for m in ("acc@1", "acc@5", "mean_per_class_recall") if any(r.metric == m for r in zs)]
-    models = style.order(r.model for r in zs)
-    fig = _figure(max(7.0, 2.0 + 2.6 * len(targets) * (0.6 + 0.12 * len(models))), 4.4)
-    axes = fig.subplots(1, len(targets), sharey=True, squeeze=False)[0]
-    for ax, target in zip(axes, targets):
-        _grouped_bars(ax, metrics, style, models, {(r.metric, r.model): r for r in zs if r.target == target})
-        ax.set_title(f"{target} classified by text prompts")
-    axes[0].set_ylabel("accuracy / recall")
-    fig.suptitle("Zero-shot classification")
-    _legend(fig, style, models, bars=True, below=True)
+    panels = [(f"{target} classified by text prompts", {(r.metric, r.model): r for r in zs if r.target == target})
+              for target in sorted({r.target for r in zs})]
+    fig = _bar_panels(style, style.order(r.model for r in zs), metrics, panels, "accuracy / recall",
+                      "Zero-shot classification")
     return Plot("zeroshot", "Zero-shot classification",
                 "Each labelled item classified by cosine to its class's prompt-ensemble vector; error bars: bootstrap "
                 "95% CI over items.", figure_png(fig, style.dpi))
@@ -550,17 +558,10 @@ def plot_bridged_retrieval(rows: list[ScoreRow], style: Style) -> Plot | None:
           and "->" in r.target]
     if not br:
         return None
-    splits = [s for s in ("unseen", "seen", "all") if any(r.split == s for r in br)]
-    protocols = sorted({r.protocol for r in br})
-    models = style.order(r.model for r in br)
-    fig = _figure(max(7.0, 2.0 + 2.6 * len(splits) * (0.6 + 0.12 * len(models))), 4.4)
-    axes = fig.subplots(1, len(splits), sharey=True, squeeze=False)[0]
-    for ax, split in zip(axes, splits):
-        _grouped_bars(ax, protocols, style, models, {(r.protocol, r.model): r for r in br if r.split == split})
-        ax.set_title(f"{split} classes")
-    axes[0].set_ylabel("mAP@all")
-    fig.suptitle("Text-bridged sketch → image retrieval")
-    _legend(fig, style, models, bars=True, below=True)
+    panels = [(f"{split} classes", {(r.protocol, r.model): r for r in br if r.split == split})
+              for split in ("unseen", "seen", "all") if any(r.split == split for r in br)]
+    fig = _bar_panels(style, style.order(r.model for r in br), sorted({r.protocol for r in br}), panels, "mAP@all",
+                      "Text-bridged sketch → image retrieval")
     return Plot("zeroshot_bridge", "Text-bridged sketch → image retrieval",
                 "Gallery ranked by the sketch's class prompt (hard), a softmax mix of prompts (soft), or direct "
                 "similarity after removing each modality's mean; error bars: bootstrap 95% CI over queries.",
