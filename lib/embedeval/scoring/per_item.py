@@ -17,17 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from embedeval.scoring.schema import ScoreRow
+from embedeval.scoring.schema import ScoreRow, identity_fields
 
 
 PER_ITEM_SCHEMA = pa.schema([
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("task", pa.string(), nullable=False),
-    pa.field("target", pa.string(), nullable=False),
-    pa.field("metric", pa.string(), nullable=False),
-    pa.field("k", pa.int64(), nullable=True),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("protocol", pa.string(), nullable=False),
+    *identity_fields(),
     pa.field("item", pa.string(), nullable=False),      # manifest id of the unit (anchor, query, test item)
     pa.field("sub", pa.int16(), nullable=False),        # embedding sub of the unit (caption index), else 0
     pa.field("value", pa.float64(), nullable=False),

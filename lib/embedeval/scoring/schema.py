@@ -64,6 +64,12 @@ class ScoreRow:
 IDENTITY_COLUMNS = ("model", "task", "target", "metric", "k", "split", "protocol")
 
 
+def identity_fields(*, model: bool = True) -> list[pa.Field]:
+    """The identity columns as the scores table types them, for the tables keyed by a score
+    (per-item values; comparisons, which leave the model out)."""
+    return [SCORES_SCHEMA.field(c) for c in IDENTITY_COLUMNS if model or c != "model"]
+
+
 def params_json(params: dict[str, Any] | None) -> str | None:
     """The ``params`` cell: compact JSON with sorted keys (byte-identical for equal parameters)."""
     if not params:
@@ -111,12 +117,7 @@ def scores_table(rows: list[ScoreRow]) -> pa.Table:
 #: score identity only, so every model of a score sees the same resamples.
 COMPARISONS_SCHEMA = pa.schema(
     [
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("k", pa.int64(), nullable=True),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
+        *identity_fields(model=False),
         pa.field("kind", pa.string(), nullable=False),          # pair | rank
         pa.field("model_a", pa.string(), nullable=False),
         pa.field("model_b", pa.string(), nullable=True),        # null on rank rows
