@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
 
 if TYPE_CHECKING:
+    from embedeval.report.build import ReportPaths
     from embedeval.io.storage import Storage
 
 EXAMPLES = {
@@ -212,14 +213,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _regression_status(paths, args.fail_on_regression)
 
 
-def _regression_status(paths: object, fail_on_regression: bool) -> int:
+def _regression_status(paths: ReportPaths, fail_on_regression: bool) -> int:
     """Print the like-for-like verdict; :data:`EXIT_REGRESSION` when asked to and a score regressed."""
-    regressions: list[str] = getattr(paths, "regressions", [])
-    why_not: str | None = getattr(paths, "not_like_for_like", None)
-    if why_not and fail_on_regression:
-        print(f"regressions: not checked: {why_not}")
-    elif not why_not:
-        print(f"regressions (like for like, since {getattr(paths, 'previous_run_id', None)}): {len(regressions)}")
+    regressions = paths.regressions
+    if paths.not_like_for_like and fail_on_regression:
+        print(f"regressions: not checked: {paths.not_like_for_like}")
+    elif not paths.not_like_for_like:
+        print(f"regressions (like for like, since {paths.previous_run_id}): {len(regressions)}")
         for line in regressions:
             print(f"  regression: {line}")
     return EXIT_REGRESSION if fail_on_regression and regressions else 0
