@@ -240,13 +240,8 @@ def import_tu_berlin(root: str, out: str, *, unseen: str | None = None, allowed_
     files, skipped = _class_files(base, "", via, nested=False)
     if not files:
         raise ImporterError(f"no sketch files under {base}; expected <root>/<class>/<n>.png")
-    _check_unique(files)
+    columns = _labelled_columns(target, base, files, "sketch")
     labels = [f.label for f in files]
-    columns: dict[str, pa.Array] = {
-        "id": pa.array([f.id for f in files], pa.string()),
-        "sketch": pa.array([target.media_value(base, f.rel) for f in files], pa.string()),
-        "label": pa.array(labels, pa.string()),
-    }
     counts = {"sketches": len(files), "classes": len(set(labels))}
     _add_class_split(columns, counts, labels, unseen, via)
     counts["skipped files"] = skipped
@@ -267,14 +262,8 @@ def import_imagefolder(root: str, out: str, *, column: str = "image", allowed_ro
     files, skipped = _class_files(base, "", via, nested=True)
     if not files:
         raise ImporterError(f"no image files under {base}; expected <root>/<class>/<file>")
-    _check_unique(files)
-    labels = [f.label for f in files]
-    table = pa.table({
-        "id": pa.array([f.id for f in files], pa.string()),
-        column: pa.array([target.media_value(base, f.rel) for f in files], pa.string()),
-        "label": pa.array(labels, pa.string()),
-    })
-    counts = {"files": len(files), "classes": len(set(labels)), "skipped files": skipped}
+    table = pa.table(_labelled_columns(target, base, files, column))
+    counts = {"files": len(files), "classes": len({f.label for f in files}), "skipped files": skipped}
     return target.write(table, "imagefolder", root, counts)
 
 
@@ -285,6 +274,16 @@ class _ClassFile:
     id: str       # <class>/<stem>
     label: str    # <class>
     rel: str      # path below the media root
+
+
+def _labelled_columns(target: "_Target", base: str, files: list[_ClassFile], column: str) -> dict[str, pa.Array]:
+    """id, the media column and label of class-folder files (ids checked unique first)."""
+    _check_unique(files)
+    return {
+        "id": pa.array([f.id for f in files], pa.string()),
+        column: pa.array([target.media_value(base, f.rel) for f in files], pa.string()),
+        "label": pa.array([f.label for f in files], pa.string()),
+    }
 
 
 class _Target:
