@@ -11,6 +11,7 @@ import math
 from dataclasses import fields
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from embedeval.errors import EmbedevalError
 from embedeval.io.layout import RunLayout, marker_in
@@ -35,19 +36,28 @@ def has_scores(storage: Storage, run_id: str) -> bool:
 def _legacy_scores(storage: Storage, run_id: str) -> bool:
     """A run scored before the score stage had a marker: ``scores.parquet`` was that stage's commit (written
     last), so a readable one without a marker is a finished older run, and the nightly diff keeps working
-    across the upgrade. A file that does not parse (a write cut short) is no scores."""
-    return _read_legacy(storage, run_id) is not None
+    across the upgrade. A file that does not parse (a write cut short) is no scores. Reads only the
+    file's footer."""
+    layout = RunLayout(run_id)
+    if storage.exists(marker_in(layout.scores)) or not storage.exists(layout.scores_table):
+        return False
+    try:
+        names = pq.read_schema(storage.path(layout.scores_table), filesystem=storage.fs).names
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return _LEGACY_COLUMNS <= set(names)
+
+
+_LEGACY_COLUMNS = {"model", "task", "metric", "value"}
 
 
 def _read_legacy(storage: Storage, run_id: str) -> pa.Table | None:
-    layout = RunLayout(run_id)
-    if storage.exists(marker_in(layout.scores)) or not storage.exists(layout.scores_table):
+    if not _legacy_scores(storage, run_id):
         return None
     try:
-        table = storage.read_parquet([layout.scores_table])
+        return storage.read_parquet([RunLayout(run_id).scores_table])
     except (OSError, pa.ArrowInvalid):
         return None
-    return table if {"model", "task", "metric", "value"} <= set(table.column_names) else None
 
 
 def load_scores(storage: Storage, run_id: str) -> list[ScoreRow]:
