@@ -1,8 +1,9 @@
 """Distributed, deterministic k-means (Lloyd) with k-means++ or k-means|| seeding.
 
 Each Lloyd iteration is one pass of block tasks: a task assigns its rows to the nearest centroid
-(squared euclidean, |x|^2 - 2 x.c + |c|^2 in float64, centroids streamed in tiles) and returns its labels,
-distances, per-cluster counts and per-cluster coordinate sums. The sums are fixed-point integers (the
+(a float32 GEMM ranks the centroids; rows within its error bound of a tie are decided by the exact float64
+distance) and returns its labels, per-cluster counts and per-cluster coordinate sums; the exact distances
+are computed only by the passes that need them (the final one, and after a pass that left a cluster empty). The sums are fixed-point integers (the
 coordinates scaled by one power of two chosen from N and max |x|, then rounded: resolution below 2^-40 of
 max |x| for N up to 10^6), so merging them is exact integer addition: the centroids do not depend on how
 the rows were cut into blocks or in which order tasks finished. Memory per task O(B x W + B x d + k x d).
@@ -33,6 +34,8 @@ from embedeval.engine.validate import as_matrix, check_block_size
 _CHUNK_ROWS = 65536
 # k-means++ seeds from at most this many rows of a block source (a seeded sample beyond).
 INIT_SAMPLE = 65536
+# rows per step of an assignment pass: keeps its float64 and fixed-point temporaries cache-sized
+ASSIGN_CHUNK_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class KMeansResult:
 @dataclass(frozen=True)
 class _Assignment:
     labels: np.ndarray
-    min_sqdist: np.ndarray
+    min_sqdist: np.ndarray | None  # None when the pass was asked for sums only
     counts: np.ndarray | None  # (k,) int64
     sums: np.ndarray | None  # (k, d) int64 fixed point
 
@@ -111,6 +114,8 @@ def kmeans(X: "np.ndarray | BlockSource", k: int, *, iters: int = 50, tol: float
     n_reseeded = 0
     n_iter = 0
     for n_iter in range(1, iters + 1):
+        # the distances are needed only to re-seed an empty cluster: a sums pass skips them, and the rare
+        # pass that leaves a cluster empty is followed by one distance pass against the same centroids
         a = assign(centroids, with_sums=True)
         assert a.counts is not None and a.sums is not None
         new = centroids.copy()
@@ -118,7 +123,9 @@ def kmeans(X: "np.ndarray | BlockSource", k: int, *, iters: int = 50, tol: float
         new[filled] = a.sums[filled] / a.counts[filled, None] / 2.0 ** scale_exp
         empty = np.flatnonzero(~filled)
         if empty.size:
-            farthest = np.lexsort((np.arange(n), -a.min_sqdist))[:empty.size]
+            min_sqdist = assign(centroids, with_sums=False).min_sqdist
+            assert min_sqdist is not None
+            farthest = np.lexsort((np.arange(n), -min_sqdist))[:empty.size]
             new[empty] = rows(farthest)
             n_reseeded += empty.size
         shift = float(np.sum((new - centroids) ** 2))
@@ -126,6 +133,7 @@ def kmeans(X: "np.ndarray | BlockSource", k: int, *, iters: int = 50, tol: float
         if shift <= tol_abs and not empty.size:
             break
     final = assign(centroids, with_sums=False)
+    assert final.min_sqdist is not None
     return KMeansResult(centroids=centroids, labels=final.labels, inertia=float(np.sum(final.min_sqdist)),
                         n_iter=n_iter, n_reseeded=n_reseeded)
 
@@ -143,7 +151,7 @@ class _Assigner:
     def __call__(self, centroids: np.ndarray, with_sums: bool) -> _Assignment:
         k, d = centroids.shape
         labels = np.empty(self.n, dtype=np.int64)
-        min_sqdist = np.empty(self.n, dtype=np.float64)
+        min_sqdist = None if with_sums else np.empty(self.n, dtype=np.float64)
         counts = np.zeros(k, dtype=np.int64) if with_sums else None
         sums = np.zeros((k, d), dtype=np.int64) if with_sums else None
         params = {"with_sums": with_sums, "scale_exp": self.scale_exp,
@@ -151,7 +159,8 @@ class _Assigner:
         params["C"] = np.ascontiguousarray(centroids, dtype=np.float64)
         for lo, hi, part in map_blocks_of(assign_block, self.source, params=params, runner=self.runner):
             labels[lo:hi] = part.labels
-            min_sqdist[lo:hi] = part.min_sqdist
+            if min_sqdist is not None:
+                min_sqdist[lo:hi] = part.min_sqdist
             if with_sums:
                 counts += part.counts  # integer addition: exact in any order
                 sums += part.sums
@@ -160,22 +169,89 @@ class _Assigner:
 
 def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sums: bool, scale_exp: int,
                  tile_columns: int) -> _Assignment:
-    """Block kernel: nearest centroid of the block's rows and, optionally, fixed-point cluster sums."""
-    labels, min_sqdist = nearest_centroids(block, C, tile_columns)
-    if not with_sums:
-        return _Assignment(labels, min_sqdist, None, None)
+    """Block kernel: nearest centroid of the block's rows and either their squared distances or
+    (``with_sums``) the clusters' counts and fixed-point coordinate sums.
+
+    The rows go through in chunks of ``ASSIGN_CHUNK_ROWS`` so every temporary (the chunk's float64
+    differences, its fixed-point copy, its (rows x k) ranking) stays cache-sized: a pass over a block is
+    then bound by its GEMM, not by allocating and converting B x d float64 copies. Every value is per row
+    or an integer sum, so the result is the same bits whatever the chunk or block size. Memory
+    O(chunk x (d + k)) beyond the block.
+    """
     k, d = C.shape
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    sums = np.zeros((k, d), dtype=np.int64)
-    order = np.argsort(labels, kind="stable")
-    scaled = np.asarray(block[order], dtype=np.float64)
-    scaled *= 2.0 ** scale_exp
-    np.rint(scaled, out=scaled)
-    fixed = scaled.astype(np.int64)
-    present = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
-    sums[present] = np.add.reduceat(fixed, starts, axis=0)
+    b = block.shape[0]
+    labels = np.empty(b, dtype=np.int64)
+    min_sqdist = None if with_sums else np.empty(b, dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64) if with_sums else None
+    sums = np.zeros((k, d), dtype=np.int64) if with_sums else None
+    ranking = _CentroidRanking(C, tile_columns)
+    scale = np.float32(2.0 ** scale_exp)
+    for r0 in range(0, b, ASSIGN_CHUNK_ROWS):
+        r1 = min(b, r0 + ASSIGN_CHUNK_ROWS)
+        x32 = np.ascontiguousarray(block[r0:r1], dtype=np.float32)
+        lab, dist = ranking.nearest(x32, distances=not with_sums)
+        labels[r0:r1] = lab
+        if min_sqdist is not None:
+            min_sqdist[r0:r1] = dist
+        else:
+            assert counts is not None and sums is not None
+            _add_fixed_point_sums(x32, lab, scale, counts, sums)
     return _Assignment(labels, min_sqdist, counts, sums)
+
+
+def _add_fixed_point_sums(x32: np.ndarray, labels: np.ndarray, scale: np.float32, counts: np.ndarray,
+                          sums: np.ndarray) -> None:
+    """Add the rows' fixed-point coordinates to their clusters' integer sums, in place.
+
+    ``x * 2^e`` is exact in float32 (a power-of-two scale that stays in range) and rounding it to an
+    integer is exact too, so this is the same integer as the float64 route, at half the memory traffic.
+    """
+    order = np.argsort(labels, kind="stable")
+    fixed = x32[order]
+    fixed *= scale
+    np.rint(fixed, out=fixed)
+    fixed = fixed.astype(np.int64)
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    present = sorted_labels[starts]
+    sums[present] += np.add.reduceat(fixed, starts, axis=0)
+    counts[present] += np.diff(np.r_[starts, sorted_labels.size])
+
+
+class _CentroidRanking:
+    """The centroids prepared once per block task: float32 copies and squared norms."""
+
+    def __init__(self, C: np.ndarray, tile_columns: int) -> None:
+        self.C = np.ascontiguousarray(C, dtype=np.float64)
+        self.C32 = self.C.astype(np.float32)
+        self.cc = np.einsum("ij,ij->i", self.C, self.C)
+        self.cc_max_sqrt = float(np.sqrt(self.cc.max()))
+        self.tile_columns = tile_columns
+
+    def nearest(self, x32: np.ndarray, distances: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels, squared distances or None) of the float32 rows x32; see :func:`nearest_centroids`."""
+        b, d = x32.shape
+        k = self.C.shape[0]
+        approx = np.empty((b, k))
+        for c0 in range(0, k, self.tile_columns):
+            c1 = min(k, c0 + self.tile_columns)
+            dots = matmul_t(x32, self.C32[c0:c1])
+            np.multiply(dots, -2.0, out=approx[:, c0:c1])
+            approx[:, c0:c1] += self.cc[None, c0:c1]
+        labels = np.argmin(approx, axis=1)
+        best = approx[np.arange(b), labels]
+        x_norm = np.sqrt(np.einsum("ij,ij->i", x32, x32, dtype=np.float64))
+        eps = 2.0 * gemm_error_bound(d, np.float32) * x_norm * self.cc_max_sqrt
+        near = approx <= (best + 2.0 * eps + 1e-300)[:, None]
+        unsure = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+        if unsure.size:
+            rows, cols = np.nonzero(near[unsure])
+            exact = _direct_sqdist(x32[unsure[rows]], self.C[cols])
+            order = np.lexsort((cols, exact, rows))
+            first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+            labels[unsure[rows[first]]] = cols[first]
+        labels = labels.astype(np.int64)
+        return labels, (_direct_sqdist(x32, self.C[labels]) if distances else None)
 
 
 def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,26 +263,9 @@ def nearest_centroids(x: np.ndarray, C: np.ndarray, tile_columns: int) -> tuple[
     values, so labels and distances are the same bits whatever block a row came in. Memory
     O(b x k + b x d).
     """
-    b, d = x.shape
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    cc = np.einsum("ij,ij->i", C, C)
-    approx = np.empty((b, C.shape[0]))
-    for c0 in range(0, C.shape[0], tile_columns):
-        c1 = min(C.shape[0], c0 + tile_columns)
-        approx[:, c0:c1] = cc[None, c0:c1] - 2.0 * matmul_t(x32, C[c0:c1].astype(np.float32))
-    labels = np.argmin(approx, axis=1)
-    best = approx[np.arange(b), labels]
-    x_norm = np.sqrt(np.einsum("ij,ij->i", x32, x32, dtype=np.float64))
-    eps = 2.0 * gemm_error_bound(d, np.float32) * x_norm * np.sqrt(cc.max())
-    near = approx <= (best + 2.0 * eps + 1e-300)[:, None]
-    unsure = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
-    if unsure.size:
-        rows, cols = np.nonzero(near[unsure])
-        exact = _direct_sqdist(x32[unsure[rows]], C[cols])
-        order = np.lexsort((cols, exact, rows))
-        first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
-        labels[unsure[rows[first]]] = cols[first]
-    return labels.astype(np.int64), _direct_sqdist(x32, C[labels])
+    labels, sqdist = _CentroidRanking(C, tile_columns).nearest(np.ascontiguousarray(x, dtype=np.float32))
+    assert sqdist is not None
+    return labels, sqdist
 
 
 def _direct_sqdist(a: np.ndarray, c: np.ndarray) -> np.ndarray:
