@@ -2,7 +2,8 @@
 
     python bench/bench_scale.py --items 100000                        # every task exact
     python bench/bench_scale.py --items 1000000 --sample 10000        # O(N^2) tasks on seeded query samples
-    python bench/bench_scale.py --knn-items 200000                    # all-items exact k-NN vs faiss
+    python bench/bench_scale.py --items 300000 --sample 10000 --nodes 3  # and on a 3-node cluster, compared
+    OPENBLAS_CORETYPE=SkylakeX python bench/bench_scale.py --knn-items 200000   # exact k-NN vs faiss
 
 The catalogue: N items with a 512-d image vector, two caption vectors and a sketch vector each (the
 embeddings partitions as the embed job commits them), 200 labels, 2-4 tags per item from 300 tags in 5
@@ -176,7 +177,59 @@ def gemm_flops(unit_key: str, n: int, settings: object, dT: int = TAGS) -> float
     return 0.0
 
 
-def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None) -> dict[str, object]:
+class NodeMemorySampler:
+    """Peak summed RSS of each Ray node's process tree (its raylet and the workers under it), sampled.
+
+    On one machine the nodes share memory, so this is the per-node figure a multi-machine cluster would
+    see, as an upper bound (pages a process shares with others are counted in each)."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.period_s = period_s
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for raylet in (p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"):
+                try:
+                    node = next((a.split("=", 1)[1] for a in raylet.info["cmdline"] or []
+                                 if a.startswith("--node_id=")),
+                                str(raylet.pid))[:8]
+                    rss = raylet.memory_info().rss + sum(c.memory_info().rss for c in raylet.children(recursive=True))
+                except psutil.Error:
+                    continue
+                self.peak[node] = max(self.peak.get(node, 0), rss)
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "NodeMemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def start_cluster(nodes: int, object_store_mb: int) -> object:
+    """A local ``ray.cluster_utils.Cluster``: a head without CPUs (the driver's node) and ``nodes - 1``
+    workers sharing this machine's 2 CPUs, every object store capped at ``object_store_mb``."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    store = object_store_mb * 1024 * 1024
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=max(1, 2 // (nodes - 1)), object_store_memory=store)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    return cluster
+
+
+def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None, nodes: int = 1,
+               object_store_mb: int = 256) -> dict[str, object]:
     import pyarrow.parquet as pq
     import ray
 
@@ -188,7 +241,12 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None)
                              ambiguity_max_items=sample)
     manifest = pq.read_table(root / "manifest.parquet")
     categories = json.loads((root / "categories.json").read_text())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    cluster = None
+    if nodes > 1:
+        cluster = start_cluster(nodes, object_store_mb)
+    else:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    out_dir = None if nodes == 1 else f"bench-{nodes}-nodes-scores"  # the same run's vectors, scored apart
     rate = sgemm_rate(2)
     units: list[tuple[str, float]] = []
 
@@ -199,22 +257,26 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None)
             print(f"  {match.group(1)} {match.group(2)}: {float(match.group(3)):.1f} s", flush=True)
 
     storage = Storage(str(root))
-    shutil.rmtree(root / "runs" / "bench" / "scores", ignore_errors=True)
+    shutil.rmtree(root / (out_dir or "runs/bench/scores"), ignore_errors=True)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_utime
     t0 = time.perf_counter()
-    with MemorySampler() as mem:
-        table = score_run(storage, "bench", manifest, categories, settings, progress=progress)
+    with MemorySampler() as mem, NodeMemorySampler() as node_mem:
+        table = score_run(storage, "bench", manifest, categories, settings, progress=progress, out_dir=out_dir)
     wall = time.perf_counter() - t0
     # Ray workers are not our children in the rusage sense: ask Ray for their CPU time via /proc
     cpu_workers = sum(_proc_cpu(p) for p in _ray_worker_pids())
     cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0 + cpu_workers
     rate_after = sgemm_rate(2)
     ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()  # type: ignore[attr-defined]
     rate = max(rate, rate_after)
     return {"n": n, "sample": sample, "label_sample": label_sample or sample, "wall_s": wall, "cpu_s": cpu, "rate_gflops": rate, "units": units,
             "rows": table.num_rows, "failed": int(sum(1 for m in table.column("metric").to_pylist() if m == "failed")),
             "mem_base_gib": mem.base / GIB, "mem_peak_gib": mem.peak / GIB,
-            "mem_peak_above_base_gib": (mem.peak - mem.base) / GIB, "settings": settings}
+            "mem_peak_above_base_gib": (mem.peak - mem.base) / GIB, "nodes": nodes,
+            "node_rss_peak_gib": {k: v / GIB for k, v in sorted(node_mem.peak.items())},
+            "table": table, "settings": settings}
 
 
 def _ray_worker_pids() -> list[int]:
@@ -257,6 +319,32 @@ def report(result: dict[str, object]) -> None:
           f"work / (CPU time x per-core rate) = {total_gemm / (float(result['cpu_s']) * rate / 2 * 1e9):.0%}")
     print(f"used memory: before {result['mem_base_gib']:.2f} GiB, peak {result['mem_peak_gib']:.2f} GiB "
           f"(+{result['mem_peak_above_base_gib']:.2f} GiB)  rows {result['rows']}, failed {result['failed']}")
+    nodes = result["node_rss_peak_gib"]
+    assert isinstance(nodes, dict)
+    print(f"Ray nodes: {result['nodes']}; peak summed RSS per node (raylet + its workers; shared pages counted "
+          f"per process): " + ", ".join(f"{k} {v:.2f} GiB" for k, v in nodes.items()))
+
+
+def same_scores(a: object, b: object) -> tuple[bool, str]:
+    """Whether two score tables agree in everything but timing (the row order is the job's, fixed)."""
+    import pyarrow as pa
+
+    assert isinstance(a, pa.Table) and isinstance(b, pa.Table)
+    a, b = a.drop_columns(["seconds"]), b.drop_columns(["seconds"])
+    if a.equals(b):
+        return True, f"{a.num_rows} rows identical"
+    differ = [c for c in a.column_names if not a.column(c).equals(b.column(c))] if a.num_rows == b.num_rows else []
+    return False, f"{a.num_rows} vs {b.num_rows} rows; columns that differ: {differ}"
+
+
+def blas_kernels() -> str:
+    """Which kernel each loaded OpenBLAS runs. faiss-cpu's wheel bundles its own OpenBLAS, which detects
+    some CPUs as an old core (Prescott here: 20 GFLOP/s a core against numpy's 100): run this comparison
+    with ``OPENBLAS_CORETYPE`` set to the machine's core so both libraries use the same kernel."""
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(f"{Path(i['filepath']).name.split('-')[0]}={i.get('architecture')}"
+                     for i in threadpool_info() if i["internal_api"] == "openblas")
 
 
 def knn_vs_faiss(n: int, k: int = 10) -> None:
@@ -285,12 +373,13 @@ def knn_vs_faiss(n: int, k: int = 10) -> None:
             storage.write_bytes(StoredBlocks.block_path("x", b), buf.getvalue())
         src = StoredBlocks(storage, "x", n, D, offsets, tag="bench")
         faiss.omp_set_num_threads(2)
+        print(f"BLAS kernels: {blas_kernels()}", flush=True)
         index = faiss.IndexFlatIP(D)
         index.add(X)
         t0 = time.perf_counter()
         _, fi = index.search(X, k + 1)
         faiss_s = time.perf_counter() - t0
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         t0 = time.perf_counter()
         top = topk_search(src, src, k, exclude=np.arange(n), chunk_rows=4096, runner=RayRunner())
         engine_s = time.perf_counter() - t0
@@ -310,6 +399,9 @@ def main() -> None:
     p.add_argument("--work-dir", default="/tmp/bench-scale", help="where catalogues are generated (kept)")
     p.add_argument("--knn-items", type=int, default=0, help="also compare all-items k-NN with faiss at this N")
     p.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="also score on a local Ray cluster of this many nodes (head + workers) and compare")
+    p.add_argument("--object-store-mb", type=int, default=256, help="each cluster node's object store cap")
     args = p.parse_args()
     for n in args.items:
         root = Path(args.work_dir) / f"n{n}"
@@ -318,11 +410,17 @@ def main() -> None:
             root.mkdir(parents=True, exist_ok=True)
             generate(root, n)
             print(f"generated N = {n:,} in {time.perf_counter() - t0:.0f} s under {root}", flush=True)
-        result = run_scores(root, n, args.sample, args.label_sample)
-        report(result)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps({k: v for k, v in result.items() if k != "settings"}) + "\n")
+        results = [run_scores(root, n, args.sample, args.label_sample)]
+        if args.nodes > 1:
+            results.append(run_scores(root, n, args.sample, args.label_sample, args.nodes, args.object_store_mb))
+        for result in results:
+            report(result)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps({k: v for k, v in result.items() if k not in ("settings", "table")}) + "\n")
+        if len(results) > 1:
+            same, detail = same_scores(results[0]["table"], results[1]["table"])
+            print(f"{args.nodes}-node cluster vs one node: {'IDENTICAL' if same else 'DIFFERENT'} scores ({detail})")
     if args.knn_items:
         knn_vs_faiss(args.knn_items)
 
