@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
+from embedeval.demo.defaults import DEMO_ITEMS
 from embedeval.errors import EmbedevalError, one_line
 
 EXAMPLES = {
@@ -61,13 +62,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="embedeval", formatter_class=fmt,
         description="Which embedding model's notion of 'similar' matches human judgement on your catalogue.",
         epilog=textwrap.dedent(EXAMPLES["main"]))
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show everything: debug logging, per-unit timings, all of Ray's console output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -v also after the command (`embedeval demo -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show everything (same as -v before the command)")
 
     d = sub.add_parser("demo", help="write the demo corpus and run embed, score and report on it",
-                       formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES["demo"]))
+                       formatter_class=fmt, parents=[verbose], epilog=textwrap.dedent(EXAMPLES["demo"]))
     d.add_argument("--root", default="./demo-output", help="folder for the corpus and all outputs")
-    d.add_argument("--items", type=int, default=320, help="catalogue items to generate (default 320)")
+    d.add_argument("--items", type=int, default=DEMO_ITEMS, help=f"catalogue items to generate (default {DEMO_ITEMS})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--run-id", default="demo")
     d.add_argument("--models", nargs="+", default=None, help="model specs (default: the demo's three)")
@@ -77,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                            ("score", "score a run's committed embeddings"),
                            ("report", "write leaderboard, report.html, plots and diff for a run"),
                            ("run", "embed, score and report from one config")):
-        s = sub.add_parser(name, help=helptext, formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES[name]))
+        s = sub.add_parser(name, help=helptext, formatter_class=fmt, parents=[verbose],
+                           epilog=textwrap.dedent(EXAMPLES[name]))
         s.add_argument("--config", required=True, help="YAML run config (see README 'Configuration')")
         s.add_argument("--run-id", default=None, help="overrides run_id in the config")
         s.add_argument("--root", default=None, help="overrides root in the config")
@@ -104,33 +111,41 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     return load_config(args.config, overrides)
 
 
+def _console(args: argparse.Namespace):  # noqa: ANN202
+    """The command's console: progress bars on a terminal, a line every few seconds elsewhere."""
+    from embedeval.pipeline.progress import Progress
+
+    return Progress(verbose=args.verbose)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from embedeval.pipeline.embed import embed_run
 
     config = _load(args)
-    summary = embed_run(config)
-    print(f"embeddings: {summary.root}/runs/{summary.run_id}/embeddings")
+    console = _console(args)
+    summary = embed_run(config, progress=console, echo=console.echo)
+    console.echo(f"embeddings: {summary.root}/runs/{summary.run_id}/embeddings")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from embedeval.workflow import score_from_config
 
-    score_from_config(_load(args))
+    score_from_config(_load(args), progress=_console(args))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from embedeval.workflow import report_from_config
 
-    report_from_config(_load(args))
+    report_from_config(_load(args), progress=_console(args))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_all
 
-    run_all(_load(args))
+    run_all(_load(args), progress=_console(args))
     return 0
 
 
@@ -138,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_demo
 
     run_demo(Path(args.root), items=args.items, seed=args.seed, run_id=args.run_id, models=args.models,
-             report=not args.skip_report)
+             report=not args.skip_report, progress=_console(args))
     return 0
 
 

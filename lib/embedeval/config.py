@@ -66,6 +66,9 @@ class RayOptions(BaseModel):
 
     address: str | None = None     # None: join the cluster this job runs on, or start one in-process
     num_cpus: int | None = Field(default=None, gt=0)
+    # Echo the workers' stdout/stderr on the driver's console (and in `ray job logs`). None: only with
+    # `embedeval -v`; the lines are always in the Ray session's log files.
+    log_to_driver: bool | None = None
 
 
 class RunConfig(BaseModel):

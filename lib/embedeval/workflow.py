@@ -12,21 +12,17 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from embedeval.config import RunConfig, load_config
+from embedeval.demo.defaults import DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS
 from embedeval.io.storage import Storage
+from embedeval.pipeline.progress import Progress, ProgressTask
 
 INPUT_MANIFEST = "inputs/manifest.parquet"
 INPUT_TAG_CATEGORIES = "inputs/tag_categories.json"
 
-DEMO_MODELS = [
-    # Sees colour and shape with no learned weights: the baseline that must beat random weights.
-    {"spec": "builtin:pixelstats", "name": "pixelstats"},
-    # Real architectures, random weights (nothing can be downloaded here): flagged in every output.
-    {"spec": "torchvision:resnet18:random", "name": "resnet18-random", "columns": {"imagenet_top1": 0.1}},
-    {"spec": "open_clip:ViT-B-32:random", "name": "clip-vit-b-32-random", "batch_size": 64},
-]
 
 
 def _storage(config: RunConfig) -> Storage:
@@ -46,19 +42,40 @@ def read_run_inputs(storage: Storage, run_id: str) -> tuple[pa.Table, dict[str, 
     return manifest, categories
 
 
-def score_from_config(config: RunConfig, echo: Callable[[str], None] = print) -> pa.Table:
+def score_from_config(config: RunConfig, echo: Callable[[str], None] = print,
+                      progress: Progress | None = None) -> pa.Table:
+    """Score a run's committed embeddings; one progress bar (units done of total), then one line.
+
+    Per-unit timings are :meth:`~embedeval.pipeline.progress.Progress.detail` lines (shown with ``-v``).
+    """
     from embedeval.pipeline.ray_runtime import ensure_ray
     from embedeval.scoring.job import score_run
 
+    progress = progress or Progress(echo)
     run_id = config.resolved_run_id()
     storage = _storage(config)
     manifest, categories = read_run_inputs(storage, run_id)
     ensure_ray(config.ray)
     started = time.time()
-    table = score_run(storage, run_id, manifest, categories, config.score,
-                      category_weights=config.category_weights, progress=echo)
-    echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s -> "
-         f"{storage.uri(f'runs/{run_id}/scores/scores.parquet')}")
+    bar: list[ProgressTask] = []
+
+    def on_units(done: int, total: int) -> None:
+        if not bar:
+            bar.append(progress.task("score", total, unit="units"))
+        bar[0].update(done)
+
+    ok = False
+    try:
+        table = score_run(storage, run_id, manifest, categories, config.score,
+                          category_weights=config.category_weights, progress=progress.detail, on_units=on_units)
+        ok = True
+    finally:
+        if bar:
+            bar[0].finish(stopped=not ok)
+    failed = table.filter(pc.equal(table.column("metric"), "failed")).num_rows if table.num_rows else 0
+    progress.echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s"
+                  + (f", {failed} units FAILED (their rows say why in `note`)" if failed else "")
+                  + f" -> {storage.uri(f'runs/{run_id}/scores/scores.parquet')}")
     return table
 
 
@@ -84,9 +101,12 @@ def image_loader_for(storage: Storage, run_id: str, config: RunConfig) -> Callab
     return load
 
 
-def report_from_config(config: RunConfig, echo: Callable[[str], None] = print):  # noqa: ANN201
+def report_from_config(config: RunConfig, echo: Callable[[str], None] = print,
+                       progress: Progress | None = None):  # noqa: ANN201
+    """Build the run's report (leaderboard, report.html, plots, diff); print where they are."""
     from embedeval.report.build import build_report
 
+    progress = progress or Progress(echo)
     run_id = config.resolved_run_id()
     storage = _storage(config)
     settings = config.report
@@ -98,17 +118,35 @@ def report_from_config(config: RunConfig, echo: Callable[[str], None] = print): 
         settings = settings.model_copy(update={"model_columns": columns})
     paths = build_report(storage, run_id, previous_run_id=config.previous_run_id, settings=settings,
                          image_loader=image_loader_for(storage, run_id, config))
-    echo(f"report: {paths.html}")
-    echo(f"leaderboard: {paths.leaderboard}")
+    for note in paths.notes:
+        progress.detail(f"  report note: {note}")
+    progress.echo(f"report: {paths.html}")
+    progress.echo(f"leaderboard: {paths.leaderboard}")
+    progress.echo(f"diff: {paths.diff}" + (f" (against run {paths.previous_run_id})" if paths.previous_run_id
+                                          else " (no earlier run to compare with)"))
     return paths
 
 
-def run_all(config: RunConfig, echo: Callable[[str], None] = print) -> None:
-    from embedeval.pipeline.embed import embed_run
+def run_all(config: RunConfig, echo: Callable[[str], None] = print, progress: Progress | None = None) -> None:
+    """Embed, score and report one config, timing each stage; ends with a one-line summary."""
+    progress = progress or Progress(echo)
+    _run_stages(config, progress, report=True)
+    progress.echo(progress.timing_line())
 
-    embed_run(config, echo=echo)
-    score_from_config(config, echo)
-    report_from_config(config, echo)
+
+def _run_stages(config: RunConfig, progress: Progress, report: bool) -> None:
+    from embedeval.pipeline.embed import embed_run
+    from embedeval.pipeline.ray_runtime import ensure_ray
+
+    with progress.stage("ray start"):
+        ensure_ray(config.ray)
+    with progress.stage("embed"):
+        embed_run(config, progress=progress, echo=progress.echo)
+    with progress.stage("score"):
+        score_from_config(config, progress=progress)
+    if report:
+        with progress.stage("report"):
+            report_from_config(config, progress=progress)
 
 
 def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,
@@ -123,22 +161,22 @@ def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id:
     }
 
 
-def run_demo(root: Path, *, items: int = 320, seed: int = 0, run_id: str = "demo", models: list[str] | None = None,
-             report: bool = True, echo: Callable[[str], None] = print) -> RunConfig:
+def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str = "demo",
+             models: list[str] | None = None, report: bool = True, echo: Callable[[str], None] = print,
+             progress: Progress | None = None) -> RunConfig:
     """Write the demo corpus and a config under ``root`` and run embed, score and (optionally) report."""
     from embedeval.demo.corpus import write_demo_corpus
-    from embedeval.pipeline.embed import embed_run
 
+    progress = progress or Progress(echo)
     root = root.expanduser().resolve()
-    echo(f"demo corpus: {items} items under {root / 'corpus'}")
-    corpus = write_demo_corpus(root, items, seed)
+    progress.echo(f"demo corpus: {items} items under {root / 'corpus'}")
+    with progress.stage("corpus"):
+        corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX)
     config_path = root / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models),
                                           sort_keys=False))
     config = load_config(config_path)
-    embed_run(config, echo=echo)
-    score_from_config(config, echo)
-    if report:
-        report_from_config(config, echo)
-    echo(f"results: {root / 'runs' / run_id}  (config: {config_path})")
+    _run_stages(config, progress, report)
+    progress.echo(f"results: {root / 'runs' / run_id}  (config: {config_path})")
+    progress.echo(progress.timing_line())
     return config

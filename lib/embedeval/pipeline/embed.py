@@ -35,7 +35,8 @@ from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_family, model_modalities
 from embedeval.pipeline.progress import Progress
-from embedeval.pipeline.ray_runtime import cluster_gpus, ensure_ray
+from embedeval.pipeline.ray_console import filtered_stderr
+from embedeval.pipeline.ray_runtime import cluster_gpus, console_verbose, ensure_ray
 from embedeval.pipeline.stages import (
     WRITTEN_SCHEMA,
     Embedder,
@@ -180,23 +181,7 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     if model_family(entry.spec) == "precomputed":
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
-        ds = build_dataset(config, entry, inputs)
-        ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
-                            fn_kwargs={"target": target}, num_cpus=0.25)
-        task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
-                    written.append(row)
-                    task.advance(row["rows"] + row["errors"])
-        except Exception as exc:
-            # A write that failed after its retries ends the Ray job; say which URI, not Ray's stack of wrappers.
-            cause = _storage_error_in(exc)
-            if cause is None:
-                raise
-            raise StorageError(f"embedding {model} ({', '.join(todo)}) stopped, nothing of it committed: {cause}. "
-                               "Rerun with the same run_id to resume once the storage answers.") from exc
-        task.done()
+        written.extend(_run_pipeline(config, entry, inputs, target, progress, list(todo)))
     seconds = time.time() - started
     for modality, mod_inputs in todo.items():
         mine = [r for r in written if r["modality"] == modality]
@@ -216,6 +201,43 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
                                                seconds, info.weights_random, from_cache.get(modality, 0),
                                                cache is not None)
     return [summaries[m] for m in inputs_by_modality]
+
+
+def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target: PartitionTarget,
+                  progress: Progress, modalities: list[str]) -> list[dict]:
+    """Embed and write ``inputs`` with one Ray Data pipeline; one progress bar (items per modality)."""
+    from embedeval.pipeline.counter import poller, start_row_counter, stop_row_counter
+
+    model = entry.slug()
+    per_modality = inputs.column("modality").to_pylist()
+    parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
+    counter = start_row_counter()
+    ds = build_dataset(config, entry, inputs, counter=counter)
+    ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
+                        fn_kwargs={"target": target}, num_cpus=0.25)
+    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter))
+    written: list[dict] = []
+    written_by_modality = {m: 0 for m in parts}
+    ok = False
+    try:
+        with filtered_stderr(enabled=not console_verbose()):
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
+                    written.append(row)
+                    written_by_modality[row["modality"]] += row["rows"] + row["errors"]
+        task.update(sum(written_by_modality.values()), written_by_modality)
+        ok = True
+    except Exception as exc:
+        # A write that failed after its retries ends the Ray job; say which URI, not Ray's stack of wrappers.
+        cause = _storage_error_in(exc)
+        if cause is None:
+            raise
+        raise StorageError(f"embedding {model} ({', '.join(modalities)}) stopped, nothing of it committed: {cause}. "
+                           "Rerun with the same run_id to resume once the storage answers.") from exc
+    finally:
+        task.finish(stopped=not ok)
+        stop_row_counter(counter)
+    return written
 
 
 def split_cache_hits(config: RunConfig, cache: EmbeddingCache, inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -335,8 +357,10 @@ def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) ->
         raise EmbedError(f"{storage.uri(where)}: duplicate (id, sub) rows; not committing")
 
 
-def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # noqa: ANN201
-    """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities."""
+def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, counter: object | None = None):  # noqa: ANN201
+    """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities.
+
+    ``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor the embedders report rows to."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -354,7 +378,8 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table):  # no
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     ds = ds.map_batches(
         Embedder, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads},
+        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads,
+                               "counter": counter},
         compute=ActorPoolStrategy(size=settings.concurrency),
         num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
         num_cpus=0.5 if device == "cpu" else 1,

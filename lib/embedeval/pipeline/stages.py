@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -94,7 +95,9 @@ class Embedder:
     """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail."""
 
     def __init__(self, spec: str, s3: S3Options | None, device: str,
-                 torch_threads: int | None, cache_dir: str | None = None) -> None:
+                 torch_threads: int | None, cache_dir: str | None = None, counter: Any | None = None) -> None:
+        """``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor told each batch's rows per
+        modality (for the driver's progress bar; fire and forget)."""
         import torch
 
         from embedeval.models.registry import load_model
@@ -103,6 +106,7 @@ class Embedder:
             torch.set_num_threads(torch_threads)
         self.model = load_model(spec, device=device, s3=s3, cache_dir=cache_dir)
         self.dim = self.model.info.dim
+        self.counter = counter
 
     def _embed(self, batch: pa.Table, rows: list[int], text: bool) -> np.ndarray:
         if text:
@@ -142,6 +146,9 @@ class Embedder:
         valid = np.array([s is None for s in stages])
         flat = pa.array(vectors.reshape(-1), pa.float32())
         vec = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
+        if self.counter is not None:
+            modalities = batch.column("modality").to_pylist()
+            self.counter.add.remote({m: modalities.count(m) for m in set(modalities)})
         return pa.table({"id": batch.column("id"), "sub": batch.column("sub"),
                          "modality": batch.column("modality"), "content_sha256": batch.column("content_sha256"),
                          "vector": vec,
