@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import yaml
 
 from embedeval.config import RunConfig, load_config
-from embedeval.demo.defaults import DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS
+from embedeval.demo.defaults import DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_EMBED, DEMO_MODELS, DEMO_REPORT, DEMO_SCORE
 from embedeval.io.storage import Storage
 from embedeval.pipeline.progress import Progress, ProgressTask
 
@@ -149,9 +149,11 @@ def _run_stages(config: RunConfig, progress: Progress, report: bool) -> None:
             report_from_config(config, progress=progress)
 
 
-def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,
-                models: list[str] | None) -> dict:
-    return {
+def demo_config(root: Path | str, corpus_manifest: Path | str, tag_categories: Path | str, run_id: str,
+                models: list[str] | None, *, local: bool = False) -> dict:
+    """The demo's run config. ``local``: sized for one small machine (in-process score tiles, a lighter
+    report); infra/local_cluster.sh submits it to a cluster without."""
+    config = {
         "root": str(root),
         "run_id": run_id,
         "manifest": str(corpus_manifest),
@@ -159,6 +161,10 @@ def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id:
         "models": [{"spec": m} for m in models] if models else DEMO_MODELS,
         "embed": {"batch_size": 32},
     }
+    if local:
+        config["embed"].update(DEMO_EMBED)
+        config.update(score=dict(DEMO_SCORE), report=dict(DEMO_REPORT))
+    return config
 
 
 def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str = "demo",
@@ -173,8 +179,8 @@ def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str 
     with progress.stage("corpus"):
         corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX)
     config_path = root / "demo-config.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models),
-                                          sort_keys=False))
+    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models,
+                                                      local=True), sort_keys=False))
     config = load_config(config_path)
     _run_stages(config, progress, report)
     progress.echo(f"results: {root / 'runs' / run_id}  (config: {config_path})")

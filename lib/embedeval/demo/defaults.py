@@ -21,3 +21,12 @@ DEMO_MODELS: list[dict] = [
     # The smallest open_clip image+text architecture: image<->text retrieval and the modality gap.
     {"spec": "open_clip:ViT-S-32-alt:random", "name": "clip-vit-s-32-random", "batch_size": 64},
 ]
+
+# The demo's 200 items need no engine tiles on Ray: in-process tiles give the same bits
+# (tests/scoring/test_job.py) without a task's latency per tile on a busy 2-core machine.
+DEMO_SCORE: dict = {"use_ray": False}
+# Fewer, smaller thumbnails: the example plots were most of the report's time.
+DEMO_REPORT: dict = {"max_prototypes": 4, "max_thumbnails": 6, "max_ambiguity": 5, "thumbnail_px": 96, "dpi": 80}
+# One actor per model that reads, decodes and embeds: on 2 cores a separate prepare pool only adds a
+# process (torch + the model loaded again) and pixel arrays through the object store.
+DEMO_EMBED: dict = {"prepare_in_embedder": True}

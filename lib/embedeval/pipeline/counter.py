@@ -13,17 +13,21 @@ from typing import Any
 
 
 class RowCounter:
-    """Per-key running totals (key: a modality). Made a Ray actor by :func:`start_row_counter`."""
+    """Running totals per (pipeline key, modality); one per embed run, each model's pipeline its own key.
+
+    Made a Ray actor by :func:`start_row_counter`.
+    """
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, dict[str, int]] = {}
 
-    def add(self, counts: dict[str, int]) -> None:
-        for key, n in counts.items():
-            self.counts[key] = self.counts.get(key, 0) + int(n)
+    def add(self, key: str, counts: dict[str, int]) -> None:
+        mine = self.counts.setdefault(key, {})
+        for modality, n in counts.items():
+            mine[modality] = mine.get(modality, 0) + int(n)
 
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.counts)
+    def snapshot(self, key: str) -> dict[str, int]:
+        return dict(self.counts.get(key, {}))
 
 
 def start_row_counter() -> Any:
@@ -33,12 +37,12 @@ def start_row_counter() -> Any:
     return ray.remote(num_cpus=0, max_restarts=0)(RowCounter).remote()
 
 
-def poller(counter: Any, timeout_s: float = 2.0):  # noqa: ANN201 - returns the Progress.task poll callable
-    """A ``poll()`` for :meth:`embedeval.pipeline.progress.Progress.task`: (total, per-key) of ``counter``."""
+def poller(counter: Any, key: str, timeout_s: float = 2.0):  # noqa: ANN201 - returns a Progress.task poll
+    """A ``poll()`` for :meth:`embedeval.pipeline.progress.Progress.task`: (total, per modality) of ``key``."""
     import ray
 
     def poll() -> tuple[int, dict[str, int]]:
-        counts = ray.get(counter.snapshot.remote(), timeout=timeout_s)
+        counts = ray.get(counter.snapshot.remote(key), timeout=timeout_s)
         return sum(counts.values()), counts
 
     return poll

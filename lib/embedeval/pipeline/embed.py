@@ -42,6 +42,7 @@ from embedeval.pipeline.stages import (
     Embedder,
     ImagePreparer,
     PartitionTarget,
+    PreparingEmbedder,
     default_torch_threads,
     hash_media,
     write_partition_files,
@@ -128,10 +129,12 @@ def inputs_fingerprint(inputs: pa.Table, spec: str) -> str:
 
 
 def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEntry,
-                inputs_by_modality: dict[str, pa.Table], progress: Progress) -> list[PartitionSummary]:
+                inputs_by_modality: dict[str, pa.Table], progress: Progress,
+                counters: RunCounter | None = None) -> list[PartitionSummary]:
     """Build (or keep) a model's committed partitions, one Ray Data pipeline for all that need building.
 
-    See the module docstring for the resume rules.
+    See the module docstring for the resume rules. ``counters``: the run's progress counter (one actor
+    shared by every model; made here when None).
     """
     model = entry.slug()
     summaries: dict[str, PartitionSummary] = {}
@@ -181,7 +184,13 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     if model_family(entry.spec) == "precomputed":
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
-        written.extend(_run_pipeline(config, entry, inputs, target, progress, list(todo)))
+        own = counters is None
+        counters = counters or RunCounter()
+        try:
+            written.extend(_run_pipeline(config, entry, inputs, target, progress, list(todo), counters))
+        finally:
+            if own:
+                counters.stop()
     seconds = time.time() - started
     for modality, mod_inputs in todo.items():
         mine = [r for r in written if r["modality"] == modality]
@@ -203,19 +212,40 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     return [summaries[m] for m in inputs_by_modality]
 
 
+class RunCounter:
+    """The embed run's :class:`~embedeval.pipeline.counter.RowCounter` actor, started on first use."""
+
+    def __init__(self) -> None:
+        self.actor: object | None = None
+
+    def get(self) -> object:
+        from embedeval.pipeline.counter import start_row_counter
+
+        if self.actor is None:
+            self.actor = start_row_counter()
+        return self.actor
+
+    def stop(self) -> None:
+        from embedeval.pipeline.counter import stop_row_counter
+
+        if self.actor is not None:
+            stop_row_counter(self.actor)
+            self.actor = None
+
+
 def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target: PartitionTarget,
-                  progress: Progress, modalities: list[str]) -> list[dict]:
+                  progress: Progress, modalities: list[str], counters: RunCounter) -> list[dict]:
     """Embed and write ``inputs`` with one Ray Data pipeline; one progress bar (items per modality)."""
-    from embedeval.pipeline.counter import poller, start_row_counter, stop_row_counter
+    from embedeval.pipeline.counter import poller
 
     model = entry.slug()
     per_modality = inputs.column("modality").to_pylist()
     parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
-    counter = start_row_counter()
-    ds = build_dataset(config, entry, inputs, counter=counter)
+    counter = counters.get()
+    ds = build_dataset(config, entry, inputs, counter=counter, counter_key=model)
     ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                         fn_kwargs={"target": target}, num_cpus=0.25)
-    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter))
+    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, model))
     written: list[dict] = []
     written_by_modality = {m: 0 for m in parts}
     ok = False
@@ -236,7 +266,6 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
                            "Rerun with the same run_id to resume once the storage answers.") from exc
     finally:
         task.finish(stopped=not ok)
-        stop_row_counter(counter)
     return written
 
 
@@ -357,10 +386,12 @@ def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) ->
         raise EmbedError(f"{storage.uri(where)}: duplicate (id, sub) rows; not committing")
 
 
-def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, counter: object | None = None):  # noqa: ANN201
+def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, counter: object | None = None,  # noqa: ANN201
+                  counter_key: str = ""):
     """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities.
 
-    ``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor the embedders report rows to."""
+    ``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor the embedders report rows to,
+    under ``counter_key``."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -372,14 +403,21 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, counte
     device = settings.device if settings.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     batch_size = entry.batch_size or settings.batch_size
     limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
+    threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
+    embed_kwargs = {"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads,
+                    "counter": counter, "counter_key": counter_key}
+    if settings.prepare_in_embedder:
+        return ds.map_batches(
+            PreparingEmbedder, batch_size=batch_size, batch_format="pyarrow",
+            fn_constructor_kwargs={**embed_kwargs, "limits": limits},
+            compute=ActorPoolStrategy(size=settings.concurrency),
+            num_gpus=settings.gpus_per_actor if device == "cuda" else 0, num_cpus=1)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
                         fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "limits": limits},
                         compute=ActorPoolStrategy(size=settings.decode_concurrency), num_cpus=1)
-    threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     ds = ds.map_batches(
         Embedder, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads,
-                               "counter": counter},
+        fn_constructor_kwargs=embed_kwargs,
         compute=ActorPoolStrategy(size=settings.concurrency),
         num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
         num_cpus=0.5 if device == "cpu" else 1,
@@ -410,11 +448,15 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
 
     ensure_ray(config.ray)
     available = manifest.modalities()
-    for entry in config.models:
-        supported = model_modalities(entry.spec)
-        wanted = [m for m in config.embed.modalities if m in supported and m in available]
-        inputs = {m: partition_inputs(manifest, m) for m in wanted}
-        summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
+    counters = RunCounter()
+    try:
+        for entry in config.models:
+            supported = model_modalities(entry.spec)
+            wanted = [m for m in config.embed.modalities if m in supported and m in available]
+            inputs = {m: partition_inputs(manifest, m) for m in wanted}
+            summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress, counters))
+    finally:
+        counters.stop()
     storage.write_json(f"runs/{run_id}/embed_summary.json", {
         "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,
         "manifest_quarantined": summary.manifest_quarantined,

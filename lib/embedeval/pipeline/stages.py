@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from embedeval.io.embeddings import embeddings_table, table_checksum
 from embedeval.io.quarantine import ERRORS_SCHEMA
@@ -54,10 +56,12 @@ def _previous_errors(batch: pa.Table) -> tuple[list[str | None], list[str | None
 class ImagePreparer:
     """Read, decode and apply the model's own preprocessing. One instance per Ray actor."""
 
-    def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, cache_dir: str | None = None) -> None:
+    def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, cache_dir: str | None = None,
+                 preprocess: Callable[[Image.Image], np.ndarray] | None = None) -> None:
+        """``preprocess``: the model's own (from a replica already loaded in this process); else loaded."""
         from embedeval.pipeline.model_facts import load_preprocessor
 
-        self.preprocess = load_preprocessor(spec, s3=s3, cache_dir=cache_dir)
+        self.preprocess = preprocess or load_preprocessor(spec, s3=s3, cache_dir=cache_dir)
         self.reader = MediaReader(s3, limits)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -95,18 +99,17 @@ class Embedder:
     """One model replica (one per Ray actor). Embeds the good rows of a batch; isolates rows that fail."""
 
     def __init__(self, spec: str, s3: S3Options | None, device: str,
-                 torch_threads: int | None, cache_dir: str | None = None, counter: Any | None = None) -> None:
+                 torch_threads: int | None, cache_dir: str | None = None, counter: Any | None = None,
+                 counter_key: str = "") -> None:
         """``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor told each batch's rows per
-        modality (for the driver's progress bar; fire and forget)."""
-        import torch
-
+        modality under ``counter_key`` (for the driver's progress bar; fire and forget)."""
         from embedeval.models.registry import load_model
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
         self.model = load_model(spec, device=device, s3=s3, cache_dir=cache_dir)
+        if torch_threads and "torch" in sys.modules:  # models without torch (builtin) do not pay its import
+            sys.modules["torch"].set_num_threads(torch_threads)
         self.dim = self.model.info.dim
-        self.counter = counter
+        self.counter, self.counter_key = counter, counter_key
 
     def _embed(self, batch: pa.Table, rows: list[int], text: bool) -> np.ndarray:
         if text:
@@ -148,11 +151,26 @@ class Embedder:
         vec = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
         if self.counter is not None:
             modalities = batch.column("modality").to_pylist()
-            self.counter.add.remote({m: modalities.count(m) for m in set(modalities)})
+            self.counter.add.remote(self.counter_key, {m: modalities.count(m) for m in set(modalities)})
         return pa.table({"id": batch.column("id"), "sub": batch.column("sub"),
                          "modality": batch.column("modality"), "content_sha256": batch.column("content_sha256"),
                          "vector": vec,
                          **_error_columns(stages, reasons)})
+
+
+class PreparingEmbedder:
+    """Prepare and embed in one actor (``embed.prepare_in_embedder``): one process and one model load per
+    replica instead of two, and no pixel arrays through the object store. For small CPU-only machines,
+    where a separate prepare pool only competes with the model for the same cores."""
+
+    def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, device: str,
+                 torch_threads: int | None, cache_dir: str | None = None, counter: Any | None = None,
+                 counter_key: str = "") -> None:
+        self.embedder = Embedder(spec, s3, device, torch_threads, cache_dir, counter, counter_key)
+        self.preparer = ImagePreparer(spec, s3, limits, cache_dir, preprocess=self.embedder.model.preprocess_image)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.embedder(self.preparer(batch))
 
 
 @dataclass(frozen=True)
