@@ -52,10 +52,10 @@ class EmbedSettings(BaseModel):
     batch_size: int = Field(default=32, gt=0)
     concurrency: int = Field(default=1, gt=0, description="model replicas (actors) per model")
     decode_concurrency: int = Field(default=1, gt=0, description="parallel read/decode/preprocess tasks")
-    prepare_in_embedder: bool = Field(
-        default=False, description="read/decode/preprocess inside each model replica instead of a separate pool "
-                                   "(decode_concurrency unused): one process and model load fewer per model, no "
-                                   "pixels through the object store; for small CPU-only machines")
+    replicas: Literal["actors", "tasks"] = Field(
+        default="actors", description="actors: model replicas in an actor pool per model (clusters, GPUs); tasks: "
+                                      "read, decode and embed in plain Ray tasks whose worker processes serve every "
+                                      "model in turn (no process start per model; small CPU-only machines)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_actor: float = Field(default=1.0, ge=0, description="used only when the cluster has GPUs")
     torch_threads: int | None = Field(default=None, gt=0, description="threads per model replica on CPU")

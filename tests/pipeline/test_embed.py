@@ -222,25 +222,25 @@ def test_precomputed_vectors_are_imported_with_quarantine(corpus, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_prepare_in_embedder_gives_the_same_vectors_and_quarantine(tmp_path: Path) -> None:
+def test_task_replicas_give_the_same_vectors_and_quarantine_as_actors(tmp_path: Path) -> None:
     import polars as pl
 
     corpus = write_demo_corpus(tmp_path / "demo", n_items=16)
     break_corpus(corpus.root, fraction=0.3, huge_side=2100)
     models = ["builtin:pixelstats", {"spec": "torchvision:mobilenet_v3_small:random", "name": "mobilenet"}]
     runs = {}
-    for fused in (False, True):
-        root = tmp_path / f"out-{fused}"
+    for replicas in ("actors", "tasks"):
+        root = tmp_path / f"out-{replicas}"
         config = _config(str(root), str(corpus.manifest), models,
                          embed={"batch_size": 8, "rows_per_file": 16, "max_image_pixels": 4_000_000,
-                                "modalities": ["image"], "prepare_in_embedder": fused})
+                                "modalities": ["image"], "replicas": replicas})
         summary = embed_run(config, echo=lambda _: None)
         storage = Storage(str(root))
         errors = (pl.read_parquet(storage.path("runs/r1/errors") + "/**/*.parquet")
                   .select("id", "model", "stage", "reason").sort("id", "model", "stage", "reason", nulls_last=True))
         vectors = {m: read_committed(storage, "r1", m, "image") for m in ("builtin-pixelstats", "mobilenet")}
-        runs[fused] = (summary, errors, vectors)
-    (sep_summary, sep_errors, sep_vectors), (fused_summary, fused_errors, fused_vectors) = runs[False], runs[True]
+        runs[replicas] = (summary, errors, vectors)
+    (sep_summary, sep_errors, sep_vectors), (fused_summary, fused_errors, fused_vectors) = runs["actors"], runs["tasks"]
     assert sep_errors.height > 0 and sep_errors.equals(fused_errors)
     assert [(p.model, p.embedded, p.quarantined) for p in sep_summary.partitions] == \
            [(p.model, p.embedded, p.quarantined) for p in fused_summary.partitions]

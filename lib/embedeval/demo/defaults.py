@@ -27,6 +27,6 @@ DEMO_MODELS: list[dict] = [
 DEMO_SCORE: dict = {"use_ray": False}
 # Fewer, smaller thumbnails: the example plots were most of the report's time.
 DEMO_REPORT: dict = {"max_prototypes": 4, "max_thumbnails": 6, "max_ambiguity": 5, "thumbnail_px": 96, "dpi": 80}
-# One actor per model that reads, decodes and embeds: on 2 cores a separate prepare pool only adds a
-# process (torch + the model loaded again) and pixel arrays through the object store.
-DEMO_EMBED: dict = {"prepare_in_embedder": True}
+# Read, decode and embed in plain Ray tasks: the two pooled worker processes serve all three models in
+# turn, instead of two new actor processes (each importing torch and building the model) per model.
+DEMO_EMBED: dict = {"replicas": "tasks"}

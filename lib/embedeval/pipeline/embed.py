@@ -42,7 +42,7 @@ from embedeval.pipeline.stages import (
     Embedder,
     ImagePreparer,
     PartitionTarget,
-    PreparingEmbedder,
+    prepare_and_embed,
     default_torch_threads,
     hash_media,
     write_partition_files,
@@ -406,12 +406,10 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, counte
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     embed_kwargs = {"spec": entry.spec, "s3": config.s3, "device": device, "torch_threads": threads,
                     "counter": counter, "counter_key": counter_key}
-    if settings.prepare_in_embedder:
-        return ds.map_batches(
-            PreparingEmbedder, batch_size=batch_size, batch_format="pyarrow",
-            fn_constructor_kwargs={**embed_kwargs, "limits": limits},
-            compute=ActorPoolStrategy(size=settings.concurrency),
-            num_gpus=settings.gpus_per_actor if device == "cuda" else 0, num_cpus=1)
+    if settings.replicas == "tasks":
+        return ds.map_batches(prepare_and_embed, batch_size=batch_size, batch_format="pyarrow",
+                              fn_kwargs={**embed_kwargs, "torch_threads": settings.torch_threads, "limits": limits},
+                              num_gpus=settings.gpus_per_actor if device == "cuda" else 0, num_cpus=1)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
                         fn_constructor_kwargs={"spec": entry.spec, "s3": config.s3, "limits": limits},
                         compute=ActorPoolStrategy(size=settings.decode_concurrency), num_cpus=1)

@@ -159,9 +159,8 @@ class Embedder:
 
 
 class PreparingEmbedder:
-    """Prepare and embed in one actor (``embed.prepare_in_embedder``): one process and one model load per
-    replica instead of two, and no pixel arrays through the object store. For small CPU-only machines,
-    where a separate prepare pool only competes with the model for the same cores."""
+    """Prepare and embed in one process: one model load (its preprocessing reused) and no pixel arrays
+    through the object store. :func:`prepare_and_embed` runs it as a task (``embed.replicas: tasks``)."""
 
     def __init__(self, spec: str, s3: S3Options | None, limits: MediaLimits, device: str,
                  torch_threads: int | None, cache_dir: str | None = None, counter: Any | None = None,
@@ -171,6 +170,23 @@ class PreparingEmbedder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.embedder(self.preparer(batch))
+
+
+# The last replica this worker process built for `prepare_and_embed`: (key, replica). One only, so a
+# worker never holds more than one model, and consecutive batches of a model reuse it.
+_task_replica: tuple[tuple, PreparingEmbedder] | None = None
+
+
+def prepare_and_embed(batch: pa.Table, spec: str, s3: S3Options | None, limits: MediaLimits, device: str,
+                      torch_threads: int | None, counter: Any | None = None, counter_key: str = "") -> pa.Table:
+    """:class:`PreparingEmbedder` as a plain Ray task (``embed.replicas: tasks``): the cluster's pooled
+    worker processes serve every model in turn, so no actor process starts (and imports torch) per model."""
+    global _task_replica
+    key = (spec, device, torch_threads, counter_key)
+    if _task_replica is None or _task_replica[0] != key:
+        _task_replica = None   # free the previous model before building the next
+        _task_replica = (key, PreparingEmbedder(spec, s3, limits, device, torch_threads, None, counter, counter_key))
+    return _task_replica[1](batch)
 
 
 @dataclass(frozen=True)
