@@ -172,21 +172,25 @@ class PreparingEmbedder:
         return self.embedder(self.preparer(batch))
 
 
-# The last replica this worker process built for `prepare_and_embed`: (key, replica). One only, so a
-# worker never holds more than one model, and consecutive batches of a model reuse it.
-_task_replica: tuple[tuple, PreparingEmbedder] | None = None
+# The last model replica this worker process built for `prepare_and_embed`: (key, embedder). One only,
+# so a worker never holds more than one model, and consecutive batches of a model reuse it.
+_task_replica: tuple[tuple, Embedder] | None = None
 
 
 def prepare_and_embed(batch: pa.Table, spec: str, s3: S3Options | None, limits: MediaLimits, device: str,
                       torch_threads: int | None, counter: Any | None = None, counter_key: str = "") -> pa.Table:
-    """:class:`PreparingEmbedder` as a plain Ray task (``embed.replicas: tasks``): the cluster's pooled
-    worker processes serve every model in turn, so no actor process starts (and imports torch) per model."""
+    """Prepare and embed one batch as a plain Ray task (``embed.replicas: tasks``): the cluster's pooled
+    worker processes serve every model in turn, so no actor process starts (and imports torch) per model.
+    The same rows out as :class:`ImagePreparer` then :class:`Embedder`."""
     global _task_replica
-    key = (spec, device, torch_threads, counter_key)
+    key = (spec, device, torch_threads)
     if _task_replica is None or _task_replica[0] != key:
         _task_replica = None   # free the previous model before building the next
-        _task_replica = (key, PreparingEmbedder(spec, s3, limits, device, torch_threads, None, counter, counter_key))
-    return _task_replica[1](batch)
+        _task_replica = (key, Embedder(spec, s3, device, torch_threads))
+    embedder = _task_replica[1]
+    embedder.counter, embedder.counter_key = counter, counter_key   # this run's, not the one that built it
+    preparer = ImagePreparer(spec, s3, limits, preprocess=embedder.model.preprocess_image)
+    return embedder(preparer(batch))
 
 
 @dataclass(frozen=True)
