@@ -1,4 +1,4 @@
-"""What `embedeval demo` runs by default: sized to finish in under a minute on 2 CPU cores.
+"""What `embedeval demo` runs by default: sized to finish in about a minute on 2 CPU cores (the goal: under one).
 
 Every score family, the report and the diff are still shown; what is smaller than a real run is said in
 README "Set up": 200 items instead of a catalogue, and small architectures on random weights (nothing can
