@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from embedeval.demo.defaults import DEMO_ITEMS
 from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
 
 if TYPE_CHECKING:
@@ -85,13 +86,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="embedeval", formatter_class=fmt,
         description="Which embedding model's notion of 'similar' matches human judgement on your catalogue.",
         epilog=textwrap.dedent(EXAMPLES["main"]))
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show everything: debug logging, per-unit timings, all of Ray's console output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -v also after the command (`embedeval demo -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show everything (same as -v before the command)")
 
     d = sub.add_parser("demo", help="write the demo corpus and run embed, score and report on it",
-                       formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES["demo"]))
+                       formatter_class=fmt, parents=[verbose], epilog=textwrap.dedent(EXAMPLES["demo"]))
     d.add_argument("--root", default="./demo-output", help="folder for the corpus and all outputs")
-    d.add_argument("--items", type=int, default=320, help="catalogue items to generate (default 320)")
+    d.add_argument("--items", type=int, default=DEMO_ITEMS, help=f"catalogue items to generate (default {DEMO_ITEMS})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--run-id", default="demo")
     d.add_argument("--models", nargs="+", default=None, help="model specs (default: the demo's three)")
@@ -101,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                            ("score", "score a run's committed embeddings"),
                            ("report", "write leaderboard, report.html, plots and diff for a run"),
                            ("run", "embed, score and report from one config")):
-        s = sub.add_parser(name, help=helptext, formatter_class=fmt, epilog=textwrap.dedent(EXAMPLES[name]))
+        s = sub.add_parser(name, help=helptext, formatter_class=fmt, parents=[verbose],
+                           epilog=textwrap.dedent(EXAMPLES[name]))
         s.add_argument("--config", required=True, help="YAML run config (see README 'Configuration')")
         s.add_argument("--run-id", default=None, help="overrides run_id in the config")
         s.add_argument("--root", default=None, help="overrides root in the config")
@@ -174,14 +181,22 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     return load_config(args.config, overrides)
 
 
+def _console(args: argparse.Namespace):  # noqa: ANN202
+    """The command's console: progress bars on a terminal, a line every few seconds elsewhere."""
+    from embedeval.pipeline.progress import Progress
+
+    return Progress(verbose=args.verbose)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from embedeval.pipeline.embed import embed_run
     from embedeval.workflow import run_lease
 
     config = _load(args)
-    with run_lease(config, purpose="embed", force=args.force):
-        summary = embed_run(config)
-    print(f"embeddings: {summary.embeddings_uri}")
+    console = _console(args)
+    with run_lease(config, purpose="embed", force=args.force, echo=console.echo):
+        summary = embed_run(config, progress=console, echo=console.echo)
+    console.echo(f"embeddings: {summary.embeddings_uri}")
     return 0
 
 
@@ -189,8 +204,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_lease, score_from_config
 
     config = _load(args)
-    with run_lease(config, purpose="score", force=args.force):
-        score_from_config(config)
+    console = _console(args)
+    with run_lease(config, purpose="score", force=args.force, echo=console.echo):
+        score_from_config(config, progress=console)
     return 0
 
 
@@ -198,9 +214,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from embedeval.workflow import report_from_config, run_lease
 
     config = _load(args)
-    with run_lease(config, purpose="report", force=args.force, uses_ray=False):
-        paths = report_from_config(config)
-    return _regression_status(paths, args.fail_on_regression)
+    console = _console(args)
+    with run_lease(config, purpose="report", force=args.force, uses_ray=False, echo=console.echo):
+        paths = report_from_config(config, progress=console)
+    return _regression_status(paths, args.fail_on_regression, console.echo)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -209,19 +226,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.fail_on_regression:
         config = config.model_copy(update={"score": config.score.model_copy(update={"common_panel": True})})
-    paths = run_all(config, force=args.force)
-    return _regression_status(paths, args.fail_on_regression)
+    console = _console(args)
+    paths = run_all(config, force=args.force, progress=console)
+    return _regression_status(paths, args.fail_on_regression, console.echo)
 
 
-def _regression_status(paths: ReportPaths, fail_on_regression: bool) -> int:
+def _regression_status(paths: ReportPaths, fail_on_regression: bool, echo: Callable[[str], None] = print) -> int:
     """Print the like-for-like verdict; :data:`EXIT_REGRESSION` when asked to and a score regressed."""
     regressions = paths.regressions
     if paths.not_like_for_like and fail_on_regression:
-        print(f"regressions: not checked: {paths.not_like_for_like}")
+        echo(f"regressions: not checked: {paths.not_like_for_like}")
     elif not paths.not_like_for_like:
-        print(f"regressions (like for like, since {paths.previous_run_id}): {len(regressions)}")
+        echo(f"regressions (like for like, since {paths.previous_run_id}): {len(regressions)}")
         for line in regressions:
-            print(f"  regression: {line}")
+            echo(f"  regression: {line}")
     return EXIT_REGRESSION if fail_on_regression and regressions else 0
 
 
@@ -229,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_demo
 
     run_demo(Path(args.root), items=args.items, seed=args.seed, run_id=args.run_id, models=args.models,
-             report=not args.skip_report)
+             report=not args.skip_report, progress=_console(args))
     return 0
 
 

@@ -53,6 +53,10 @@ class EmbedSettings(BaseModel):
     batch_size: int = Field(default=32, gt=0)
     concurrency: int = Field(default=1, gt=0, description="model replicas (actors) per model")
     decode_concurrency: int = Field(default=1, gt=0, description="parallel read/decode/preprocess tasks")
+    replicas: Literal["actors", "tasks"] = Field(
+        default="actors", description="actors: model replicas in an actor pool per model (clusters, GPUs); tasks: "
+                                      "read, decode and embed in plain Ray tasks whose worker processes serve every "
+                                      "model in turn (no process start per model; small CPU-only machines)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_actor: float = Field(default=1.0, ge=0, description="used only when the cluster has GPUs")
     torch_threads: int | None = Field(default=None, gt=0, description="threads per model replica on CPU")
@@ -81,6 +85,9 @@ class RayOptions(BaseModel):
 
     address: str | None = None     # None: join the cluster this job runs on, or start one in-process
     num_cpus: int | None = Field(default=None, gt=0)
+    # Echo the workers' stdout/stderr on the driver's console (and in `ray job logs`). None: only with
+    # `embedeval -v`; the lines are always in the Ray session's log files.
+    log_to_driver: bool | None = None
 
 
 class RunConfig(BaseModel):

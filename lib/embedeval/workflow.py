@@ -16,20 +16,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from embedeval.config import RunConfig, load_config
+from embedeval.demo.defaults import DEMO_EMBED, DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS, DEMO_REPORT, DEMO_SCORE
 from embedeval.io.layout import RunLayout
 from embedeval.io.lease import RunLease, hold_run_lease
 from embedeval.io.storage import Storage
+from embedeval.pipeline.progress import Progress, ProgressTask
 
-DEMO_MODELS = [
-    # Sees colour and shape with no learned weights: the baseline that must beat random weights.
-    {"spec": "builtin:pixelstats", "name": "pixelstats"},
-    # Real architectures, random weights (nothing can be downloaded here): flagged in every output.
-    {"spec": "torchvision:resnet18:random", "name": "resnet18-random", "columns": {"imagenet_top1": 0.1}},
-    {"spec": "open_clip:ViT-B-32:random", "name": "clip-vit-b-32-random", "batch_size": 64},
-]
 
 
 def _storage(config: RunConfig) -> Storage:
@@ -73,37 +69,61 @@ def read_run_inputs(storage: Storage, run_id: str) -> tuple[pa.Table, dict[str, 
     return manifest, categories
 
 
-def score_from_config(config: RunConfig, echo: Callable[[str], None] = print) -> pa.Table:
+def score_from_config(config: RunConfig, echo: Callable[[str], None] = print,
+                      progress: Progress | None = None) -> pa.Table:
+    """Score a run's committed embeddings; one progress bar (units done of total), then one line.
+
+    Per-unit timings are :meth:`~embedeval.pipeline.progress.Progress.detail` lines (shown with ``-v``).
+    """
     from embedeval.pipeline.ray_runtime import ensure_ray
     from embedeval.scoring.job import score_run
 
+    progress = progress or Progress(echo)
     run_id = config.resolved_run_id()
     storage = _storage(config)
     manifest, categories = read_run_inputs(storage, run_id)
     ensure_ray(config.ray)
     started = time.time()
-    table = score_run(storage, run_id, manifest, categories, config.score,
-                      category_weights=config.category_weights, progress=echo)
-    echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s -> "
-         f"{storage.uri(RunLayout(run_id).scores_table)}")
+    bar: list[ProgressTask] = []
+
+    def on_units(done: int, total: int) -> None:
+        if not bar:
+            bar.append(progress.task("score", total, unit="units"))
+        bar[0].update(done)
+
+    ok = False
+    try:
+        table = score_run(storage, run_id, manifest, categories, config.score,
+                          category_weights=config.category_weights, progress=progress.detail, on_units=on_units)
+        ok = True
+    finally:
+        if bar:
+            bar[0].finish(stopped=not ok)
+    failed = table.filter(pc.equal(table.column("metric"), "failed")).num_rows if table.num_rows else 0
+    progress.echo(f"scores: {table.num_rows} rows in {time.time() - started:.1f}s"
+                  + (f", {failed} units FAILED (their rows say why in `note`)" if failed else "")
+                  + f" -> {storage.uri(RunLayout(run_id).scores_table)}")
     if config.score.common_panel:
-        score_panel(storage, run_id, config, manifest, categories, echo)
+        score_panel(storage, run_id, config, manifest, categories, progress)
     return table
 
 
 def score_panel(storage: Storage, run_id: str, config: RunConfig, manifest: pa.Table,
-                categories: dict[str, str] | None, echo: Callable[[str], None] = print) -> None:
-    """Re-score this run's and the previous run's vectors on the items both share (like for like)."""
+                categories: dict[str, str] | None, progress: Progress) -> None:
+    """Re-score this run's and the previous run's vectors on the items both share (like for like).
+
+    Its per-unit lines are ``progress`` details (``-v``); its outcome is one line."""
     from embedeval.report.runs import previous_run
     from embedeval.scoring.panel import score_common_panel
 
+    echo = progress.echo
     previous = config.previous_run_id or previous_run(storage, run_id)[0]
     if previous is None:
         echo("common panel: no previous run to compare with")
         return
     previous_manifest, _ = read_run_inputs(storage, previous)
     info = score_common_panel(storage, run_id, previous, manifest, previous_manifest, categories, config.score,
-                              category_weights=config.category_weights, progress=echo)
+                              category_weights=config.category_weights, progress=progress.detail)
     if info.identical:
         echo(f"common panel vs {previous}: the same {info.shared} items, so the run's own scores compare like for like")
     elif info.scored:
@@ -132,9 +152,12 @@ def image_loader_for(storage: Storage, run_id: str, config: RunConfig) -> Callab
     return load
 
 
-def report_from_config(config: RunConfig, echo: Callable[[str], None] = print):  # noqa: ANN201
+def report_from_config(config: RunConfig, echo: Callable[[str], None] = print,
+                       progress: Progress | None = None):  # noqa: ANN201
+    """Build the run's report (leaderboard, report.html, plots, diff); print where they are."""
     from embedeval.report.build import build_report
 
+    progress = progress or Progress(echo)
     run_id = config.resolved_run_id()
     storage = _storage(config)
     settings = config.report
@@ -146,27 +169,51 @@ def report_from_config(config: RunConfig, echo: Callable[[str], None] = print): 
         settings = settings.model_copy(update={"model_columns": columns})
     paths = build_report(storage, run_id, previous_run_id=config.previous_run_id, settings=settings,
                          image_loader=image_loader_for(storage, run_id, config))
-    echo(f"report: {paths.html}")
-    echo(f"leaderboard: {paths.leaderboard}")
+    for note in paths.notes:
+        progress.detail(f"  report note: {note}")
+    progress.echo(f"report: {paths.html}")
+    progress.echo(f"leaderboard: {paths.leaderboard}")
+    progress.echo(f"diff: {paths.diff}" + (f" (against run {paths.previous_run_id})" if paths.previous_run_id
+                                          else " (no earlier run to compare with)"))
     return paths
 
 
-def run_all(config: RunConfig, echo: Callable[[str], None] = print, *, force: bool = False):  # noqa: ANN201
-    """Embed, score and report one run, holding its lease throughout (``force``: take it over); returns the
-    report's paths (with its like-for-like regressions)."""
+def run_all(config: RunConfig, echo: Callable[[str], None] = print, *, force: bool = False,  # noqa: ANN201
+            progress: Progress | None = None):
+    """Embed, score and report one run, holding its lease throughout (``force``: take it over), timing each
+    stage; ends with a one-line summary. Returns the report's paths (with its like-for-like regressions)."""
+    progress = progress or Progress(echo)
+    with run_lease(config, purpose="run", force=force, echo=progress.echo) as lease:
+        paths = _run_stages(config, progress, lease, report=True)
+    progress.echo(progress.timing_line())
+    return paths
+
+
+def _run_stages(config: RunConfig, progress: Progress, lease: RunLease, *, report: bool):  # noqa: ANN202
+    """Ray start, embed, score and (``report``) report, each timed in ``progress``; the lease is checked
+    between stages. Returns the report's paths, or None without a report."""
     from embedeval.pipeline.embed import embed_run
+    from embedeval.pipeline.ray_runtime import ensure_ray
 
-    with run_lease(config, purpose="run", force=force, echo=echo) as lease:
-        embed_run(config, echo=echo)
-        lease.ensure_held()
-        score_from_config(config, echo)
-        lease.ensure_held()
-        return report_from_config(config, echo)
+    with progress.stage("ray start"):
+        ensure_ray(config.ray)
+    with progress.stage("embed"):
+        embed_run(config, progress=progress, echo=progress.echo)
+    lease.ensure_held()
+    with progress.stage("score"):
+        score_from_config(config, progress=progress)
+    if not report:
+        return None
+    lease.ensure_held()
+    with progress.stage("report"):
+        return report_from_config(config, progress=progress)
 
 
-def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id: str,
-                models: list[str] | None) -> dict:
-    return {
+def demo_config(root: Path | str, corpus_manifest: Path | str, tag_categories: Path | str, run_id: str,
+                models: list[str] | None, *, local: bool = False) -> dict:
+    """The demo's run config. ``local``: sized for one small machine (in-process score tiles, a lighter
+    report); infra/local_cluster.sh submits it to a cluster without."""
+    config = {
         "root": str(root),
         "run_id": run_id,
         "manifest": str(corpus_manifest),
@@ -174,25 +221,29 @@ def demo_config(root: Path, corpus_manifest: Path, tag_categories: Path, run_id:
         "models": [{"spec": m} for m in models] if models else DEMO_MODELS,
         "embed": {"batch_size": 32},
     }
+    if local:
+        config["embed"].update(DEMO_EMBED)
+        config.update(score=dict(DEMO_SCORE), report=dict(DEMO_REPORT))
+    return config
 
 
-def run_demo(root: Path, *, items: int = 320, seed: int = 0, run_id: str = "demo", models: list[str] | None = None,
-             report: bool = True, echo: Callable[[str], None] = print) -> RunConfig:
+def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str = "demo",
+             models: list[str] | None = None, report: bool = True, echo: Callable[[str], None] = print,
+             progress: Progress | None = None) -> RunConfig:
     """Write the demo corpus and a config under ``root`` and run embed, score and (optionally) report."""
     from embedeval.demo.corpus import write_demo_corpus
-    from embedeval.pipeline.embed import embed_run
 
+    progress = progress or Progress(echo)
     root = root.expanduser().resolve()
-    echo(f"demo corpus: {items} items under {root / 'corpus'}")
-    corpus = write_demo_corpus(root, items, seed)
+    progress.echo(f"demo corpus: {items} items under {root / 'corpus'}")
+    with progress.stage("corpus"):
+        corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX)
     config_path = root / "demo-config.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models),
-                                          sort_keys=False))
+    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models,
+                                                      local=True), sort_keys=False))
     config = load_config(config_path)
-    with run_lease(config, purpose="demo", echo=echo):
-        embed_run(config, echo=echo)
-        score_from_config(config, echo)
-        if report:
-            report_from_config(config, echo)
-    echo(f"results: {root / RunLayout(run_id).base}  (config: {config_path})")
+    with run_lease(config, purpose="demo", echo=progress.echo) as lease:
+        _run_stages(config, progress, lease, report=report)
+    progress.echo(f"results: {root / RunLayout(run_id).base}  (config: {config_path})")
+    progress.echo(progress.timing_line())
     return config

@@ -221,3 +221,39 @@ def test_precomputed_vectors_are_imported_with_quarantine(corpus, tmp_path: Path
     assert set(got.ids.tolist()) == set(ids) - refused
     assert part.inputs == 24 and part.embedded == 19 and part.quarantined == 5
     np.testing.assert_array_equal(got.vectors[got.ids.tolist().index("item-000001")], vectors[1])
+
+
+@pytest.mark.slow
+def test_task_replicas_give_the_same_vectors_and_quarantine_as_actors(tmp_path: Path) -> None:
+    import polars as pl
+
+    corpus = write_demo_corpus(tmp_path / "demo", n_items=16)
+    break_corpus(corpus.root, fraction=0.3, huge_side=2100)
+    models = ["builtin:pixelstats", {"spec": "torchvision:mobilenet_v3_small:random", "name": "mobilenet"}]
+    runs = {}
+    for replicas in ("actors", "tasks"):
+        root = tmp_path / f"out-{replicas}"
+        config = _config(str(root), str(corpus.manifest), models,
+                         embed={"batch_size": 8, "rows_per_file": 16, "max_image_pixels": 4_000_000,
+                                "modalities": ["image"], "replicas": replicas})
+        summary = embed_run(config, echo=lambda _: None)
+        storage = Storage(str(root))
+        errors = (pl.read_parquet(storage.path("runs/r1/errors") + "/**/*.parquet")
+                  .select("id", "model", "stage", "reason").sort("id", "model", "stage", "reason", nulls_last=True))
+        vectors = {m: read_committed(storage, "r1", m, "image") for m in ("builtin-pixelstats", "mobilenet")}
+        runs[replicas] = (summary, errors, vectors)
+    (sep_summary, sep_errors, sep_vectors), (fused_summary, fused_errors, fused_vectors) = runs["actors"], runs["tasks"]
+    assert sep_errors.height > 0 and sep_errors.equals(fused_errors)
+    assert [(p.model, p.embedded, p.quarantined) for p in sep_summary.partitions] == \
+           [(p.model, p.embedded, p.quarantined) for p in fused_summary.partitions]
+    for model, separate in sep_vectors.items():
+        fused = fused_vectors[model]
+        order_s, order_f = np.argsort(separate.ids), np.argsort(fused.ids)
+        assert separate.ids[order_s].tolist() == fused.ids[order_f].tolist()
+        if model == "builtin-pixelstats":
+            np.testing.assert_array_equal(separate.vectors[order_s], fused.vectors[order_f])
+        else:  # a task runs torch on 1 thread, an actor on cores/concurrency: float rounding differs, nothing else
+            def unit(v: np.ndarray) -> np.ndarray:
+                return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+            np.testing.assert_allclose(unit(separate.vectors[order_s]), unit(fused.vectors[order_f]), atol=1e-5)

@@ -90,6 +90,25 @@ def test_device_jpeg_path_ships_bytes_keeps_the_quarantine_and_close_vectors(bro
     assert cosine.min() > 0.99                              # tensor resize vs PIL resize: close, not equal
 
 
+@pytest.mark.slow
+def test_task_path_prepares_with_its_cached_replica_s_split_and_embeds_like_the_two_stages(
+        broken_inputs: pa.Table) -> None:
+    """``embed.replicas: tasks`` (prepare_and_embed) reuses the replica's own uint8 split, not a copy: the same
+    rows out as the actor path's ImagePreparer then Embedder, CPU-decoded and device-decoded alike."""
+    from embedeval.pipeline import stages
+
+    embedder = Embedder(SPEC, None, "cpu", 1, limits=LIMITS)
+    for device_jpeg in (False, True):
+        want = embedder(ImagePreparer(SPEC, None, LIMITS, device_jpeg=device_jpeg)(broken_inputs))
+        got = stages.prepare_and_embed(broken_inputs, SPEC, None, LIMITS, "cpu", 1, device_jpeg=device_jpeg)
+        assert _errors(got) == _errors(want) and got.column("error_stage").null_count > 0
+        np.testing.assert_allclose(_vectors(got), _vectors(want), atol=1e-6)
+    replica = stages._task_replica[1].model
+    prepared = ImagePreparer(SPEC, None, LIMITS, model=replica)(broken_inputs)
+    assert set(prepared.column("pixel_format").drop_null().to_pylist()) == {"uint8"}
+    assert prepared.equals(ImagePreparer(SPEC, None, LIMITS)(broken_inputs))
+
+
 def _jpeg(mode: str = "RGB", size: tuple[int, int] = (80, 60)) -> bytes:
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 256, (size[1], size[0], 4 if mode == "CMYK" else 3), dtype=np.uint8)

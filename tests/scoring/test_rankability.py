@@ -131,6 +131,25 @@ def test_kendall_rows_match_brute_force_and_scipy_with_ties(rng: np.random.Gener
     assert np.isnan(kendall_rows(a, np.ones(45))[1]).all()            # no pair with distinct attributes
 
 
+def test_kendall_rows_pair_count_path_gives_scipy_s_bits(rng: np.random.Generator,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small n counts pairs directly (no scipy call per row); the values are scipy's to the bit, ties and
+    constant rows included, the same as the per-row scipy path that large n takes."""
+    import embedeval.scoring.rankability as rankability
+
+    a = rng.integers(0, 4, size=(6, 60)).astype(float)
+    a[1], a[2] = rng.normal(size=60), 3.0                                # no ties; a constant row
+    y = rng.integers(0, 5, size=60).astype(float)
+    tau, acc = kendall_rows(a, y)
+    assert np.isnan(tau[2]) and acc[2] == 0.5
+    for r in (0, 1, 3, 4, 5):
+        assert tau[r] == kendalltau(a[r], y, variant="b").statistic
+    monkeypatch.setattr(rankability, "_PAIRWISE_MAX_N", 0)             # the per-row scipy path
+    scipy_tau, scipy_acc = kendall_rows(a, y)
+    np.testing.assert_array_equal(tau, scipy_tau)
+    np.testing.assert_array_equal(acc, scipy_acc)
+
+
 def test_kendall_interval_equals_brute_force_resamples(rng: np.random.Generator) -> None:
     proj = rng.normal(size=(2, 30))
     y = proj[0] + rng.normal(size=30)

@@ -53,12 +53,14 @@ from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_embeds, model_modalities
 from embedeval.pipeline.progress import Progress
 from embedeval.pipeline.prompts import precomputed_prompt_inputs, run_prompt_texts
-from embedeval.pipeline.ray_runtime import ensure_ray
+from embedeval.pipeline.ray_console import filtered_stderr
+from embedeval.pipeline.ray_runtime import console_verbose, ensure_ray
 from embedeval.pipeline.stages import (
     WRITTEN_SCHEMA,
     Embedder,
     ImagePreparer,
     PartitionTarget,
+    prepare_and_embed,
     default_torch_threads,
     hash_media,
     write_partition_files,
@@ -161,10 +163,12 @@ def inputs_fingerprint(inputs: pa.Table, spec: str) -> str:
 
 
 def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEntry,
-                inputs_by_modality: dict[str, pa.Table], progress: Progress) -> list[PartitionSummary]:
+                inputs_by_modality: dict[str, pa.Table], progress: Progress,
+                counters: RunCounter | None = None) -> list[PartitionSummary]:
     """Build (or keep) a model's committed partitions, one Ray Data pipeline for all that need building.
 
-    See the module docstring for the resume rules.
+    See the module docstring for the resume rules. ``counters``: the run's progress counter (one actor
+    shared by every model; made here when None).
     """
     model = entry.slug()
     summaries: dict[str, PartitionSummary] = {}
@@ -224,23 +228,13 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
     if not embeds:
         written = import_precomputed(config, entry, inputs, target)
     elif inputs.num_rows:
-        ds = build_dataset(config, entry, inputs, storage, plan)
-        ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
-                            fn_kwargs={"target": target}, num_cpus=0.25)
-        task = progress.task(f"embed {model} ({', '.join(todo)})", inputs.num_rows)
+        own = counters is None
+        counters = counters or RunCounter()
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
-                    written.append(row)
-                    task.advance(row["rows"] + row["errors"])
-        except Exception as exc:
-            # A write that failed after its retries ends the Ray job; say which URI, not Ray's stack of wrappers.
-            cause = _storage_error_in(exc)
-            if cause is None:
-                raise
-            raise StorageError(f"embedding {model} ({', '.join(todo)}) stopped, nothing of it committed: {cause}. "
-                               "Rerun with the same run_id to resume once the storage answers.") from exc
-        task.done()
+            written.extend(_run_pipeline(config, entry, inputs, target, plan, progress, list(todo), counters))
+        finally:
+            if own:
+                counters.stop()
     seconds = time.time() - started
     for modality, mod_inputs in todo.items():
         mine = [r for r in written if r["modality"] == modality]
@@ -263,6 +257,63 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
                                                seconds, info.weights_random, from_cache.get(modality, 0),
                                                cache is not None)
     return [summaries[m] for m in inputs_by_modality]
+
+
+class RunCounter:
+    """The embed run's :class:`~embedeval.pipeline.counter.RowCounter` actor, started on first use."""
+
+    def __init__(self) -> None:
+        self.actor: object | None = None
+
+    def get(self) -> object:
+        from embedeval.pipeline.counter import start_row_counter
+
+        if self.actor is None:
+            self.actor = start_row_counter()
+        return self.actor
+
+    def stop(self) -> None:
+        from embedeval.pipeline.counter import stop_row_counter
+
+        if self.actor is not None:
+            stop_row_counter(self.actor)
+            self.actor = None
+
+
+def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target: PartitionTarget, plan: EmbedPlan,
+                  progress: Progress, modalities: list[str], counters: RunCounter) -> list[dict]:
+    """Embed and write ``inputs`` with one Ray Data pipeline; one progress bar (items per modality)."""
+    from embedeval.pipeline.counter import poller
+
+    model = entry.slug()
+    per_modality = inputs.column("modality").to_pylist()
+    parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
+    counter = counters.get()
+    ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=model)
+    ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
+                        fn_kwargs={"target": target}, num_cpus=0.25)
+    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, model))
+    written: list[dict] = []
+    written_by_modality = {m: 0 for m in parts}
+    ok = False
+    try:
+        with filtered_stderr(enabled=not console_verbose()):
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.cast(WRITTEN_SCHEMA).to_pylist():
+                    written.append(row)
+                    written_by_modality[row["modality"]] += row["rows"] + row["errors"]
+        task.update(sum(written_by_modality.values()), written_by_modality)
+        ok = True
+    except Exception as exc:
+        # A write that failed after its retries ends the Ray job; say which URI, not Ray's stack of wrappers.
+        cause = _storage_error_in(exc)
+        if cause is None:
+            raise
+        raise StorageError(f"embedding {model} ({', '.join(modalities)}) stopped, nothing of it committed: {cause}. "
+                           "Rerun with the same run_id to resume once the storage answers.") from exc
+    finally:
+        task.finish(stopped=not ok)
+    return written
 
 
 def split_cache_hits(config: RunConfig, cache: EmbeddingCache,
@@ -391,10 +442,14 @@ def _check_no_duplicates(storage: Storage, files: list[PartFile], where: str) ->
 
 
 def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storage: Storage,  # noqa: ANN201
-                  plan: EmbedPlan | None = None):
+                  plan: EmbedPlan | None = None, *, counter: object | None = None, counter_key: str = ""):
     """The Ray Data pipeline up to embedded rows (prepare -> embed) for one model, all its modalities.
 
-    ``plan`` (default: :func:`plan_for_model`) sets the device, precision, JPEG decoding and decoders.
+    ``plan`` (default: :func:`plan_for_model`) sets the device, precision, JPEG decoding and decoders, on
+    both paths: ``embed.replicas: actors`` (a prepare actor pool, then an embed actor pool) and ``tasks``
+    (:func:`~embedeval.pipeline.stages.prepare_and_embed`, the same two stages in one pooled task).
+    ``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor the embedders report rows to,
+    under ``counter_key``.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -407,15 +462,21 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
     device = plan.device
     batch_size = entry.batch_size or settings.batch_size
     limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
+    threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
+    embed_kwargs = {"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads,
+                    "precision": plan.precision, "limits": limits, "counter": counter, "counter_key": counter_key}
+    if settings.replicas == "tasks":
+        return ds.map_batches(prepare_and_embed, batch_size=batch_size, batch_format="pyarrow",
+                              fn_kwargs={**embed_kwargs, "torch_threads": settings.torch_threads,
+                                         "device_jpeg": plan.gpu_jpeg_decode},
+                              num_gpus=settings.gpus_per_actor if device == "cuda" else 0, num_cpus=1)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
                         fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "limits": limits,
                                                "device_jpeg": plan.gpu_jpeg_decode},
                         compute=ActorPoolStrategy(size=plan.decode_workers), num_cpus=1)
-    threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     ds = ds.map_batches(
         Embedder, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads,
-                               "precision": plan.precision, "limits": limits},
+        fn_constructor_kwargs=embed_kwargs,
         compute=ActorPoolStrategy(size=settings.concurrency),
         num_gpus=settings.gpus_per_actor if device == "cuda" else 0,
         num_cpus=0.5 if device == "cpu" else 1,
@@ -461,22 +522,26 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     ensure_ray(config.ray)
     available = manifest.modalities()
     prompts = run_prompt_texts(config, manifest)
-    for entry in config.models:
-        supported = model_modalities(entry.spec)
-        inputs = {m: partition_inputs(manifest, m) for m in config.embed.modalities
-                  if m in supported and m in available}
-        if not model_embeds(entry.spec):
-            # Modalities the manifest has no column for: the file's own (id, sub) rows of manifest items.
-            model = loaded_model(entry.spec, storage)
-            for m in config.embed.modalities:
-                if m not in available and m in model.info.modalities:
-                    inputs[m] = vector_only_inputs(manifest, model.keys(m))
-            inputs = {m: inputs[m] for m in config.embed.modalities if m in inputs}
-            if PROMPT_MODALITY in model.info.modalities:
-                inputs[PROMPT_MODALITY] = precomputed_prompt_inputs(model.keys(PROMPT_MODALITY))
-        elif "text" in supported and prompts.num_rows:
-            inputs[PROMPT_MODALITY] = prompts
-        summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress))
+    counters = RunCounter()
+    try:
+        for entry in config.models:
+            supported = model_modalities(entry.spec)
+            inputs = {m: partition_inputs(manifest, m) for m in config.embed.modalities
+                      if m in supported and m in available}
+            if not model_embeds(entry.spec):
+                # Modalities the manifest has no column for: the file's own (id, sub) rows of manifest items.
+                model = loaded_model(entry.spec, storage)
+                for m in config.embed.modalities:
+                    if m not in available and m in model.info.modalities:
+                        inputs[m] = vector_only_inputs(manifest, model.keys(m))
+                inputs = {m: inputs[m] for m in config.embed.modalities if m in inputs}
+                if PROMPT_MODALITY in model.info.modalities:
+                    inputs[PROMPT_MODALITY] = precomputed_prompt_inputs(model.keys(PROMPT_MODALITY))
+            elif "text" in supported and prompts.num_rows:
+                inputs[PROMPT_MODALITY] = prompts
+            summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress, counters))
+    finally:
+        counters.stop()
     storage.write_json(layout.embed_summary, {
         "run_id": run_id, "manifest_rows": summary.manifest_rows, "manifest_accepted": summary.manifest_accepted,
         "manifest_quarantined": summary.manifest_quarantined,

@@ -78,14 +78,28 @@ def library_runtime_env(joining_cluster: bool, job_env: dict[str, Any] | None = 
     return {"py_modules": [str(library_dir())]}
 
 
-def ensure_ray(options: RayOptions) -> None:
-    """Initialise Ray once per process. Inside `ray job submit` this joins the job's cluster."""
+def console_verbose() -> bool:
+    """Whether this process runs with ``embedeval -v`` (the CLI then logs at DEBUG)."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def ensure_ray(options: RayOptions, *, verbose: bool | None = None) -> None:
+    """Initialise Ray once per process. Inside `ray job submit` this joins the job's cluster.
+
+    Unless ``verbose`` (default: :func:`console_verbose`), Ray's console output is cut to what a user
+    must act on (:mod:`embedeval.pipeline.ray_console` lists each knob): no worker log echo, no Ray
+    Data INFO lines, bars or issue-detector blocks. Exceptions from tasks reach the driver either way.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    from embedeval.pipeline.ray_console import quiet_ray_data, quiet_ray_logging
+
+    verbose = console_verbose() if verbose is None else verbose
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    log_to_driver = verbose if options.log_to_driver is None else options.log_to_driver
+    kwargs: dict = {"log_to_driver": log_to_driver, "configure_logging": False}
     address = options.address or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs["address"] = address
@@ -103,10 +117,9 @@ def ensure_ray(options: RayOptions) -> None:
         kwargs["include_dashboard"] = False
         if options.num_cpus:
             kwargs["num_cpus"] = options.num_cpus
+    quiet_ray_logging(verbose)
     init_ray(**kwargs)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet_ray_data(verbose)
 
 
 def cluster_gpus() -> float:

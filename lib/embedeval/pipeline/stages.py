@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -65,11 +67,17 @@ class ImagePreparer:
     """
 
     def __init__(self, spec: str, storage: Storage | None, limits: MediaLimits, cache_dir: str | None = None,
-                 *, uint8: bool = True, device_jpeg: bool = False) -> None:
+                 *, uint8: bool = True, device_jpeg: bool = False, model: Any | None = None) -> None:
+        """``model``: a replica of ``spec`` already loaded in this process; its preprocessing (split or
+        whole, the same the registry would load) is reused instead of loading the model again."""
         from embedeval.pipeline.model_facts import load_preprocessor, load_split
 
-        self.split = load_split(spec, storage=storage, cache_dir=cache_dir) if uint8 else None
-        self.preprocess = None if self.split else load_preprocessor(spec, storage=storage, cache_dir=cache_dir)
+        if model is not None:
+            self.split = getattr(model, "split_preprocess", None) if uint8 else None
+            self.preprocess = None if self.split else model.preprocess_image
+        else:
+            self.split = load_split(spec, storage=storage, cache_dir=cache_dir) if uint8 else None
+            self.preprocess = None if self.split else load_preprocessor(spec, storage=storage, cache_dir=cache_dir)
         self.device_jpeg = device_jpeg and self.split is not None
         self.reader = MediaReader(storage, limits)
 
@@ -130,18 +138,19 @@ class Embedder:
 
     def __init__(self, spec: str, storage: Storage | None, device: str,
                  torch_threads: int | None, cache_dir: str | None = None, *, precision: str = "fp32",
-                 limits: MediaLimits = MediaLimits()) -> None:
-        import torch
-
+                 limits: MediaLimits = MediaLimits(), counter: Any | None = None, counter_key: str = "") -> None:
+        """``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor told each batch's rows per
+        modality under ``counter_key`` (for the driver's progress bar; fire and forget)."""
         from embedeval.models.registry import load_model
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
         self.model = load_model(spec, device=device, storage=storage, cache_dir=cache_dir)
+        if torch_threads and "torch" in sys.modules:  # models without torch (builtin) do not pay its import
+            sys.modules["torch"].set_num_threads(torch_threads)
         self.dim = self.model.info.dim
         self.device = device
         self.precision = precision
         self.limits = limits
+        self.counter, self.counter_key = counter, counter_key
 
     def _decode_jpegs(self, batch: pa.Table, stages: list[str | None], reasons: list[str | None]) -> dict:
         """Row -> uint8 CHW tensor on the device for the good jpeg rows; failures marked in stages/reasons."""
@@ -217,10 +226,40 @@ class Embedder:
         valid = np.array([s is None for s in stages])
         flat = pa.array(vectors.reshape(-1), pa.float32())
         vec = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
+        if self.counter is not None:
+            modalities = batch.column("modality").to_pylist()
+            self.counter.add.remote(self.counter_key, {m: modalities.count(m) for m in set(modalities)})
         return pa.table({"id": batch.column("id"), "sub": batch.column("sub"),
                          "modality": batch.column("modality"), "content_sha256": batch.column("content_sha256"),
                          "vector": vec,
                          **_error_columns(stages, reasons)})
+
+
+# The last model replica this worker process built for `prepare_and_embed`: (key, embedder). One only,
+# so a worker never holds more than one model, and consecutive batches of a model reuse it.
+_task_replica: tuple[tuple, Embedder] | None = None
+
+
+def prepare_and_embed(batch: pa.Table, spec: str, storage: Storage | None, limits: MediaLimits, device: str,
+                      torch_threads: int | None, *, precision: str = "fp32", device_jpeg: bool = False,
+                      counter: Any | None = None, counter_key: str = "") -> pa.Table:
+    """Prepare and embed one batch as a plain Ray task (``embed.replicas: tasks``): the cluster's pooled
+    worker processes serve every model in turn, so no actor process starts (and imports torch) per model.
+
+    The same rows out as :class:`ImagePreparer` then :class:`Embedder` with the same arguments: the
+    preparer reuses the cached replica's own preprocessing (its uint8 split where it has one, the device
+    decoding JPEGs with ``device_jpeg``), and ``precision`` is the plan's, as on the actor path."""
+    global _task_replica
+    key = (spec, device, torch_threads)
+    if _task_replica is None or _task_replica[0] != key:
+        _task_replica = None   # free the previous model before building the next
+        _task_replica = (key, Embedder(spec, storage, device, torch_threads))
+    embedder = _task_replica[1]
+    # this call's, not those of the call that built the replica
+    embedder.precision, embedder.limits = precision, limits
+    embedder.counter, embedder.counter_key = counter, counter_key
+    preparer = ImagePreparer(spec, storage, limits, device_jpeg=device_jpeg, model=embedder.model)
+    return embedder(preparer(batch))
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,11 @@ def plot_p_better(board: Leaderboard, comparisons: Comparisons, style: Style) ->
             grid[models.index(a), models.index(b)] = p.p_a_better
     if np.all(np.isnan(grid)):
         return None
-    fig = _figure(1.6 + 0.7 * m, 1.2 + 0.6 * m)
+    labels = [style.label(x) for x in models]
+    # room for the tick labels (8 pt, about 0.06 in a character; x rotated 40 degrees), else the layout
+    # collapses the matrix to nothing for long model names
+    pad = 0.06 * max(len(label) for label in labels)
+    fig = _figure(1.6 + 0.7 * m + pad, 1.2 + 0.6 * m + 0.7 * pad)
     ax = fig.add_subplot()
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu_r")
     for i in range(m):
@@ -109,7 +113,6 @@ def plot_p_better(board: Leaderboard, comparisons: Comparisons, style: Style) ->
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if abs(grid[i, j] - 0.5) > 0.35 else "black")
-    labels = [style.label(x) for x in models]
     ax.set_xticks(range(m), labels, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(m), labels, fontsize=8)
     ax.set_xlabel("model B")

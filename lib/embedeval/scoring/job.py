@@ -55,15 +55,18 @@ Progress = Callable[[str], None]
 
 def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories: dict[str, str] | None,
               settings: ScoreSettings, *, category_weights: dict[str, float] | None = None,
-              progress: Progress | None = None, out_dir: str | None = None) -> pa.Table:
+              progress: Progress | None = None, out_dir: str | None = None,
+              on_units: Callable[[int, int], None] | None = None) -> pa.Table:
     """Score every committed (model, modality) of ``run_id``; write and return the scores table.
 
     ``manifest`` is the accepted table of :func:`embedeval.io.manifest.load_manifest`; ``tag_categories``
     maps tag -> category (per-category CorrEmbed); ``category_weights`` maps category -> weight (the
     paper's weighting; else tags are weighed by informativeness, see :mod:`embedeval.scoring.tags`).
-    Also writes ``ambiguity.parquet`` and ``prototypes.parquet`` next to ``scores.parquet``, every mean
-    score's per-item values (``per_item.parquet``) and the paired model comparison computed from them
-    (``comparisons.parquet``, :mod:`embedeval.scoring.paired`; driver memory O(models x n) per score).
+    ``progress`` gets one message per unit; ``on_units(done, total)`` is called once the plan is known and
+    after every unit (for a progress bar). Also writes ``ambiguity.parquet`` and ``prototypes.parquet`` next
+    to ``scores.parquet``, every mean score's per-item values (``per_item.parquet``) and the paired model
+    comparison computed from them (``comparisons.parquet``, :mod:`embedeval.scoring.paired`; driver memory
+    O(models x n) per score).
 
     The driver plans and merges: each partition's vectors are prepared once into block files
     (:mod:`embedeval.scoring.prepare`) that tasks read; the driver holds O(N) ids, codes and per-unit
@@ -93,12 +96,15 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
                       for model, modalities in models.items()}
     total = sum(len(u) for u in units_by_model.values())
     done = 0
+    tick = on_units or (lambda _done, _total: None)
+    tick(0, total)
     for model, modalities in models.items():
         fingerprint = _inputs_fingerprint(storage, run_id, model, modalities, settings, tag_categories,
                                           category_weights, catalogue)
         units = units_by_model[model]
         todo = [u for u in units if not parts.has(model, u.key, fingerprint)]
         done += len(units) - len(todo)
+        tick(done, total)
         if len(todo) < len(units):
             say(f"{model}: {len(units) - len(todo)} of {len(units)} score units kept from an earlier attempt")
         if not todo:
@@ -121,6 +127,7 @@ def score_run(storage: Storage, run_id: str, manifest: pa.Table, tag_categories:
             if result is not None:
                 parts.commit(model, unit.key, fingerprint, result)
             say(f"score units: {done}/{total} done")
+            tick(done, total)
 
     collected = parts.collect(units_by_model)
     table = scores_table_from(collected["rows"])

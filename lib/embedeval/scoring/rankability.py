@@ -72,6 +72,9 @@ class RankabilityOptions(BaseModel):
         return v
 _MAX_REDRAWS = 100
 _BATCH_CELLS = 500_000  # resampled projection values ranked at once (4 MB of float64 per array)
+# kendall_rows counts pairs directly up to this many items: below it scipy's per-call overhead (~1 ms) is
+# most of the cost (the bootstrap calls it fits x resamples times per score); above it O(n log n) wins.
+_PAIRWISE_MAX_N = 512
 
 
 def fit_ridge_axis(X: "np.ndarray | BlockSource", y: np.ndarray, alpha: float, block_size: int = 4096,
@@ -137,7 +140,9 @@ def kendall_rows(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``a`` (r, n): Kendall's tau-b with y and the pairwise ordering accuracy (module docstring).
 
     NaN where undefined (y constant; tau-b also when the row is constant, where the accuracy is 1/2).
-    O(r x n log n)."""
+    Up to :data:`_PAIRWISE_MAX_N` items the pairs are counted directly for all rows at once
+    (:func:`_pair_counts`, O(r x n^2) time, at most ``_BATCH_CELLS`` pair differences in memory), else one
+    ``scipy.stats.kendalltau`` per row (O(r x n log n)); both give scipy's tau-b to the bit."""
     a = np.atleast_2d(a)
     y = np.asarray(y, dtype=np.float64)
     n0 = y.size * (y.size - 1) / 2.0
@@ -146,17 +151,42 @@ def kendall_rows(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     acc = np.full(a.shape[0], np.nan)
     if n0 - n_y <= 0:
         return tau, acc
-    for i, row in enumerate(a):
-        n_x = _tied_pairs(row)
-        if n0 - n_x <= 0:
-            acc[i] = 0.5
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            tau[i] = kendalltau(row, y, variant="b").statistic
-        concordance = tau[i] * np.sqrt((n0 - n_x) * (n0 - n_y))       # C - D
-        acc[i] = 0.5 + concordance / (2.0 * (n0 - n_y))
+    if y.size <= _PAIRWISE_MAX_N and np.isfinite(a).all():
+        con_minus_dis, row_ties = _pair_counts(a, y)
+        tot = y.size * (y.size - 1) // 2
+        varies = row_ties < tot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # scipy.stats.kendalltau's own operations on the same integer counts: the same float64 result
+            tau[varies] = np.clip(con_minus_dis[varies] / np.sqrt(tot - row_ties[varies])
+                                  / np.sqrt(tot - int(n_y)), -1.0, 1.0)
+        n_x = row_ties.astype(np.float64)
+    else:
+        n_x = np.array([_tied_pairs(row) for row in a])
+        for i in np.flatnonzero(n0 - n_x > 0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                tau[i] = kendalltau(a[i], y, variant="b").statistic
+    constant = n0 - n_x <= 0
+    acc[constant] = 0.5
+    with np.errstate(invalid="ignore"):
+        concordance = tau * np.sqrt((n0 - n_x) * (n0 - n_y))       # C - D
+        acc[~constant] = (0.5 + concordance / (2.0 * (n0 - n_y)))[~constant]
     return tau, acc
+
+
+def _pair_counts(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C - D, pairs tied in the row) of every row of ``a`` (r, n) against y, as int64 arrays, from the
+    signs of all n (n - 1) / 2 pair differences; rows are taken in chunks of at most ``_BATCH_CELLS`` pairs."""
+    i, j = np.triu_indices(y.size, 1)
+    sign_y = np.sign(y[i] - y[j])
+    con_minus_dis = np.empty(a.shape[0], np.int64)
+    ties = np.empty(a.shape[0], np.int64)
+    step = max(1, _BATCH_CELLS // max(1, i.size))
+    for lo in range(0, a.shape[0], step):
+        diff = a[lo:lo + step, i] - a[lo:lo + step, j]          # finite: 0 exactly where the pair ties
+        con_minus_dis[lo:lo + step] = (np.sign(diff) @ sign_y).astype(np.int64)   # sums of +-1: exact
+        ties[lo:lo + step] = (diff == 0).sum(axis=1)
+    return con_minus_dis, ties
 
 
 def _tied_pairs(v: np.ndarray) -> float:
