@@ -14,8 +14,8 @@ CorrEmbed have signal.
 Prints per score unit: wall time, its GEMM work (flops counted from the shapes) at the float32 matmul rate
 measured in this run (2 threads), and their ratio; the machine's used memory (MemTotal - MemAvailable,
 sampled every 0.2 s) at its peak, above the level before scoring; and the CPU time of the whole stage
-against its GEMM work. ``--sample`` sets ``caption_max_queries``, ``label_max_queries`` and
-``ambiguity_max_items`` (exact on the sample).
+against its GEMM work. ``--sample`` sets ``caption_max_queries``, ``label_max_queries``,
+``ambiguity_max_items`` and the probes' ``knn_max_test`` (exact on the sample).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None,
     from embedeval.scoring.settings import ScoreSettings
 
     settings = ScoreSettings(caption_max_queries=sample, label_max_queries=label_sample or sample,
-                             ambiguity_max_items=sample)
+                             ambiguity_max_items=sample, options={"probes": {"knn_max_test": sample}})
     manifest = pq.read_table(root / "manifest.parquet")
     categories = json.loads((root / "categories.json").read_text())
     cluster = None

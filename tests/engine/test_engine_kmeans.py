@@ -101,3 +101,23 @@ def test_cluster_sum_states_merge_exactly_in_any_order(sizes: list[int], seed: i
         sums = sum(parts[i].sums for i in order)
         counts = sum(parts[i].counts for i in order)
         assert np.array_equal(sums, whole.sums) and np.array_equal(counts, whole.counts)
+
+
+def test_a_fit_on_a_selection_is_the_fit_on_those_rows_and_every_row_is_then_assigned_exactly(
+        blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    from embedeval.engine.kmeans import assign_to_centroids
+    from embedeval.engine.sources import ArrayBlocks
+
+    X, _ = blobs
+    rows = np.sort(np.random.default_rng(3).choice(len(X), 40, replace=False))
+    on_selection = kmeans(ArrayBlocks(X, 17).select(rows), 4, seed=2, block_size=17, runner=LocalRunner())
+    on_rows = kmeans(X[rows], 4, seed=2, block_size=50, runner=LocalRunner())
+    assert np.array_equal(on_selection.centroids, on_rows.centroids)
+    labels, sqdist = assign_to_centroids(X, on_selection.centroids, block_size=23, runner=LocalRunner())
+    brute = ((X.astype(np.float64)[:, None, :] - on_selection.centroids[None]) ** 2).sum(axis=2)
+    assert np.array_equal(labels, brute.argmin(axis=1))
+    np.testing.assert_allclose(sqdist, brute.min(axis=1), rtol=1e-12, atol=1e-12)
+    # the rows the fit saw get the labels the fit itself gave them
+    assert np.array_equal(labels[rows], on_selection.labels)
+    with pytest.raises(ValueError, match="centroids must have shape"):
+        assign_to_centroids(X, on_selection.centroids[:, :3], runner=LocalRunner())

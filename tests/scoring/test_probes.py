@@ -109,6 +109,34 @@ def test_max_train_samples_the_fit(rng: np.random.Generator) -> None:
     assert rows[("knn_classify", 3)].params == {"train": 80}   # k-NN always searches every train item
 
 
+def test_knn_max_test_votes_for_a_seeded_sample_of_test_items_among_every_train_item(
+        rng: np.random.Generator) -> None:
+    from embedeval.scoring.bootstrap import derive_seed
+
+    table, X, _ = _corpus(rng, n=150)
+    ctx = make_context(table, bootstrap_resamples=0, block_size=16)
+    emb = make_embeddings(ctx, "image", table.column("id").to_pylist(), X)
+    result = score_probes(ctx, emb, ProbeOptions(knn_ks=[3], knn_max_test=20))
+    row = next(r for r in result.rows if r.metric == "knn_classify")
+    assert row.n == 20 and row.params == {"train": 100, "test": 20, "seed": 0}
+    assert "k-NN vote for 20 of 50 test items (seeded), neighbours among all 100 train items" in row.note
+    # the same sample by hand, voted by scikit-learn among every train item
+    unit = _unit(emb)
+    labels = np.array([LABELS.index(v) for v in table.column("label").to_pylist()])[emb.rows]
+    split = np.array(table.column("split").to_pylist())[emb.rows]
+    tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    sample = te[np.sort(np.random.default_rng(derive_seed(0, "probes", "image", "knn-test"))
+                        .choice(te.size, size=20, replace=False))]
+    knn = KNeighborsClassifier(n_neighbors=3, metric="cosine", algorithm="brute").fit(unit[tr], labels[tr])
+    assert row.value == pytest.approx(np.mean(knn.predict(unit[sample]) == labels[sample]), abs=1e-12)
+    per = result.per_item.to_pandas()
+    mine = per[per.metric == "knn_classify"]
+    ids = np.array(table.column("id").to_pylist())[emb.rows]
+    assert sorted(mine.item) == sorted(ids[sample]) and mine.value.mean() == pytest.approx(row.value)
+    # the linear probe still predicts every test item
+    assert next(r for r in result.rows if r.metric == "linear_probe").n == 50
+
+
 def test_missing_columns_are_counted_skips(rng: np.random.Generator) -> None:
     table, X, _ = _corpus(rng, n=30)
     no_split = table.drop(["split"])

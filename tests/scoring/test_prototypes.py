@@ -78,3 +78,31 @@ def test_single_label_is_a_counted_skip(rng: np.random.Generator) -> None:
     assert out.rows and all(r.value is None and "1 labels" in r.note for r in out.rows)
     assert "3 unlabelled items excluded" in out.rows[0].note
     assert out.ambiguity.num_rows == 0
+
+
+def test_centroids_fitted_on_a_seeded_sample_then_every_item_assigned(rng: np.random.Generator) -> None:
+    ids, labels, X = _clusters(rng, n_per=30, spread=0.6)
+    table = pa.table({"id": ids, "label": labels})
+    ctx = make_context(table, bootstrap_resamples=0, kmeans_fit_sample=50)
+    out = score_prototypes(ctx, make_embeddings(ctx, "image", ids, X))
+    rows = {r.metric: r for r in out.rows}
+    assert rows["nmi"].params["fit_sample"] == 50 and rows["nmi"].n == 120
+    assert "centroids fitted on 50 of 120 items (seeded)" in rows["nmi"].note
+    # the same clustering by hand: k-means on the task's seeded sample, then every item's nearest centroid
+    from embedeval.engine.kmeans import kmeans
+    from embedeval.scoring.bootstrap import derive_seed
+
+    order = np.argsort(ids, kind="stable")
+    U = unit_rows(X).astype(np.float64)[order]
+    sample = np.sort(np.random.default_rng(derive_seed(0, "prototypes", "image", "kmeans-fit"))
+                     .choice(120, size=50, replace=False))
+    fit = kmeans(U[sample].astype(np.float32), 4, iters=50, seed=derive_seed(0, "prototypes", "image"),
+                 init="k-means++", runner=None)
+    nearest = ((U.astype(np.float32).astype(np.float64)[:, None, :] - fit.centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    codes = np.unique(np.asarray(labels, dtype=str)[order], return_inverse=True)[1]
+    assert rows["nmi"].value == pytest.approx(normalized_mutual_info_score(codes, nearest))
+    assert rows["ari"].value == pytest.approx(adjusted_rand_score(codes, nearest))
+    # a sample as large as the catalogue is the plain fit
+    whole = score_prototypes(make_context(table, bootstrap_resamples=0, kmeans_fit_sample=120),
+                             make_embeddings(ctx, "image", ids, X))
+    assert "fit_sample" not in whole.rows[0].params

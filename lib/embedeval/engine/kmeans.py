@@ -138,6 +138,24 @@ def kmeans(X: "np.ndarray | BlockSource", k: int, *, iters: int = 50, tol: float
                         n_iter=n_iter, n_reseeded=n_reseeded)
 
 
+def assign_to_centroids(X: "np.ndarray | BlockSource", centroids: np.ndarray, *,
+                        block_size: int = DEFAULT_BLOCK_SIZE, runner: TileRunner | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, squared distances) of every row of X to the nearest of ``centroids``, exactly: one pass of
+    block tasks, the same kernel and bits as :func:`kmeans`' own final assignment (ties: lower centroid
+    index). For centroids fitted on a sample of X. Memory: driver O(N) labels and distances, O(k d)
+    centroids; task O(chunk x (d + k))."""
+    source = X if isinstance(X, BlockSource) else ArrayBlocks(as_matrix("X", X), check_block_size(block_size))
+    centroids = as_matrix("centroids", centroids, dtype=np.float64)
+    if centroids.ndim != 2 or centroids.shape[1] != source.dim:
+        raise ValueError(f"centroids must have shape (k, {source.dim}); got {centroids.shape}")
+    runner = runner or default_runner()
+    source = runner.place(source)
+    result = _Assigner(runner, source, source.n, check_block_size(block_size), 0)(centroids, with_sums=False)
+    assert result.min_sqdist is not None
+    return result.labels, result.min_sqdist
+
+
 class _Assigner:
     """Runs one assignment pass of block tasks and assembles the result in row order."""
 

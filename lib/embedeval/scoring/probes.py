@@ -19,7 +19,8 @@ the modality, split ``test``):
 
 Memory: the logistic fit gathers at most ``max_train`` seeded train rows onto the driver — O(max_train x d)
 floats — and holds a (classes x d) coefficient matrix; test vectors are never gathered (predicted by
-block tasks). k-NN holds O(test x k) neighbour indices. A test item whose label no train item has is
+block tasks). k-NN holds O(test x k) neighbour indices; it is O(test x train x d), and
+``knn_max_test`` runs it for a seeded sample of test items instead (exact on the sample). A test item whose label no train item has is
 always wrong; their count is in the note. Intervals: bootstrap over test items (accuracy: a mean; macro
 F1: recomputed on each resample). Per-test-item correctness (0/1) of ``linear_probe`` and every
 ``knn_classify`` k is kept for paired comparison (:mod:`embedeval.scoring.per_item`).
@@ -61,6 +62,10 @@ class ProbeOptions(BaseModel):
                                 description="inverse L2 penalties tried; the best on a held-out 20% is used")
     max_iter: int = Field(1000, ge=1, description="lbfgs iterations of each logistic fit")
     knn_ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k of the k-NN vote")
+    knn_max_test: int | None = Field(
+        None, ge=1, description="the k-NN vote for a seeded sample of this many test items, their neighbours "
+                                "searched among every train item (exact on the sample, O(sample x train x d)); "
+                                "None = every test item, O(test x train x d)")
 
     @field_validator("c_grid")
     @classmethod
@@ -200,8 +205,15 @@ def score_probes(ctx: TaskContext, emb: ModalityEmbeddings, opts: ProbeOptions) 
 
     # --- k-NN vote ------------------------------------------------------------------------------------
     kmax = max(opts.knn_ks)
+    voters, knn_params, knn_note = np.arange(test.size), {"train": int(train.size)}, base
+    if opts.knn_max_test is not None and test.size > opts.knn_max_test:
+        rng = np.random.default_rng(derive_seed(s.seed, TASK, target, "knn-test"))
+        voters = np.sort(rng.choice(test.size, size=opts.knn_max_test, replace=False))
+        knn_params.update(test=int(voters.size), seed=s.seed)
+        knn_note = join_notes(f"k-NN vote for {voters.size} of {test.size} test items (seeded), neighbours among "
+                              f"all {train.size} train items", base)
     with stopwatch() as t:
-        top = topk_search(query_rows(src, test, ctx.runner), src.select(train), min(kmax, train.size),
+        top = topk_search(query_rows(src, test[voters], ctx.runner), src.select(train), min(kmax, train.size),
                           chunk_rows=s.block_size, runner=ctx.runner)
         neighbour_labels = y_train[top.indices]
     for k in opts.knn_ks:
@@ -209,14 +221,13 @@ def score_probes(ctx: TaskContext, emb: ModalityEmbeddings, opts: ProbeOptions) 
             rows.append(ctx.row(TASK, target, "knn_classify", None, 0, 0.0, k=k, split="test", protocol=KNN_VOTE,
                                 note=join_notes(f"skipped: k={k} exceeds the {train.size} train items", base)))
             continue
-        correct = (knn_vote(neighbour_labels, k, len(cat.labels.values)) == y_test).astype(np.float64)
+        correct = (knn_vote(neighbour_labels, k, len(cat.labels.values)) == y_test[voters]).astype(np.float64)
         ci = bootstrap_mean(correct, s.bootstrap_resamples, derive_seed(s.seed, TASK, target, "knn_classify", k),
                             s.confidence)
-        row = ctx.row(TASK, target, "knn_classify", correct.mean(), test.size, t[0], k=k, split="test",
-                      protocol=KNN_VOTE, params={"train": int(train.size)}, ci_low=ci.low, ci_high=ci.high,
-                      note=base)
+        row = ctx.row(TASK, target, "knn_classify", correct.mean(), voters.size, t[0], k=k, split="test",
+                      protocol=KNN_VOTE, params=knn_params, ci_low=ci.low, ci_high=ci.high, note=knn_note)
         rows.append(row)
-        per_item.append(per_item_table(row, test_ids, correct))
+        per_item.append(per_item_table(row, test_ids.take(pa.array(voters)), correct))
     return UnitResult(rows, per_item=pa.concat_tables(per_item))
 
 

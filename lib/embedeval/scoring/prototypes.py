@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from embedeval.engine.kmeans import kmeans
+from embedeval.engine.kmeans import assign_to_centroids, kmeans
 from embedeval.engine.knn import topk_search
 from embedeval.engine.sources import BlockSource
 from embedeval.engine.tiles import map_blocks_of, query_rows
@@ -81,7 +81,8 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
     """k-means prototypes of one modality against labels; see the module docstring.
 
     Memory on the driver O(N) (labels, assignments, distances) plus O(sampled items x neighbours); the
-    vectors stay in their blocks. The ambiguity neighbours are an exact all-items search, O(N^2 d):
+    vectors stay in their blocks. k-means is O(N k d) per Lloyd pass; ``score.kmeans_fit_sample`` fits the
+    centroids on a seeded sample instead and assigns every item to them in one exact pass. The ambiguity neighbours are an exact all-items search, O(N^2 d):
     ``score.ambiguity_max_items`` runs it for a seeded sample of items instead (exact on the sample).
     """
     s = ctx.settings
@@ -105,15 +106,27 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
             for m in ("nmi", "ari", "purity", "ambiguity_rate")]
         return empty
 
+    fit_rows = None
+    if s.kmeans_fit_sample is not None and n > max(s.kmeans_fit_sample, k):
+        rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "kmeans-fit"))
+        fit_rows = np.sort(rng.choice(n, size=max(s.kmeans_fit_sample, k), replace=False))
     with stopwatch() as t:
-        result = kmeans(X, k, iters=s.kmeans_iters, seed=derive_seed(s.seed, TASK, modality), init=s.kmeans_init,
-                        block_size=s.block_size, runner=ctx.runner)
+        result = kmeans(X if fit_rows is None else X.select(fit_rows), k, iters=s.kmeans_iters,
+                        seed=derive_seed(s.seed, TASK, modality), init=s.kmeans_init, block_size=s.block_size,
+                        runner=ctx.runner)
+        if fit_rows is None:
+            assign, inertia = np.asarray(result.labels, dtype=np.int64), float(result.inertia)
+        else:  # the centroids came from the sample; every item is assigned to them exactly
+            assign, sqdist = assign_to_centroids(X, result.centroids, block_size=s.block_size, runner=ctx.runner)
+            inertia = float(np.sum(sqdist))
     fit_seconds = t[0]
-    assign = np.asarray(result.labels, dtype=np.int64)
     # k-means k follows the label count by default: a parameter, not part of the score's identity (k column
     # stays null), so a catalogue that gains a label still diffs against last night's clustering
     params = {"k": int(k), "init": s.kmeans_init, "iters": s.kmeans_iters, "seed": s.seed}
-    kmeans_note = join_notes(f"k-means: {result.n_iter} iterations, inertia {float(result.inertia):.4g}", base)
+    fitted_on = "" if fit_rows is None else f", centroids fitted on {fit_rows.size} of {n} items (seeded)"
+    if fit_rows is not None:
+        params["fit_sample"] = int(fit_rows.size)
+    kmeans_note = join_notes(f"k-means: {result.n_iter} iterations{fitted_on}, inertia {inertia:.4g}", base)
 
     rows: list[ScoreRow] = []
     for metric, fn in (("nmi", clustering.nmi), ("ari", clustering.ari), ("purity", clustering.purity)):

@@ -112,6 +112,10 @@ class ScoreSettings(BaseModel):
     kmeans_k: int | None = Field(None, ge=1, description="None = number of distinct labels")
     kmeans_iters: int = Field(50, ge=1)
     kmeans_init: Literal["k-means++", "k-means||"] = "k-means++"
+    kmeans_fit_sample: int | None = Field(
+        None, ge=2, description="fit the centroids on a seeded sample of this many items, then assign every item "
+                                "to them in one exact pass (O(sample x k x d) per Lloyd pass instead of O(N x k x "
+                                "d)); None = fit on every item")
     ambiguity_neighbours: int = Field(10, ge=1, description="neighbours looked at per item for ambiguity")
     ambiguity_max_items: int | None = Field(
         None, ge=1, description="ambiguity neighbours for a seeded sample of this many items, searched among all "
