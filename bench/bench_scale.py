@@ -171,7 +171,9 @@ def gemm_flops(unit_key: str, n: int, settings: object, dT: int = TAGS) -> float
         return 2.0 * D * (lq(n) * n + lq(unseen) * unseen + lq(n - unseen) * (n - unseen))
     if task == "prototypes":
         amb = min(n, s.ambiguity_max_items or n)
-        return 2.0 * n * LABELS * D * s.kmeans_iters + 2.0 * amb * n * D
+        fit = min(n, s.kmeans_fit_sample or n)      # Lloyd passes over the fit rows, one assignment of all
+        return 2.0 * fit * LABELS * D * s.kmeans_iters + (2.0 * n * LABELS * D if fit < n else 0.0) \
+            + 2.0 * amb * n * D
     if task == "modality_gap":
         return 2.0 * q(n) * 2 * n * D     # the centred image->text ranks (the plain ones are retrieval's)
     return 0.0
@@ -229,7 +231,7 @@ def start_cluster(nodes: int, object_store_mb: int) -> object:
 
 
 def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None, nodes: int = 1,
-               object_store_mb: int = 256) -> dict[str, object]:
+               object_store_mb: int = 256, kmeans_fit_sample: int | None = None) -> dict[str, object]:
     import pyarrow.parquet as pq
     import ray
 
@@ -238,7 +240,8 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None,
     from embedeval.scoring.settings import ScoreSettings
 
     settings = ScoreSettings(caption_max_queries=sample, label_max_queries=label_sample or sample,
-                             ambiguity_max_items=sample, options={"probes": {"knn_max_test": sample}})
+                             ambiguity_max_items=sample, kmeans_fit_sample=kmeans_fit_sample,
+                             options={"probes": {"knn_max_test": sample}})
     manifest = pq.read_table(root / "manifest.parquet")
     categories = json.loads((root / "categories.json").read_text())
     cluster = None
@@ -305,7 +308,7 @@ def report(result: dict[str, object]) -> None:
     rate = float(result["rate_gflops"])
     s = result["settings"]
     print(f"\nN = {n:,}  (d = {D}; image, 2 captions, sketch per item)  sample = {result['sample']}, "
-          f"label sample = {result['label_sample']}")
+          f"label sample = {result['label_sample']}, k-means fit sample = {s.kmeans_fit_sample}")
     print(f"float32 matmul rate, 2 threads: {rate:.1f} GFLOP/s")
     print(f"{'unit':<40} {'wall s':>9} {'GEMM s':>9} {'ratio':>7}")
     total_gemm = 0.0
@@ -402,6 +405,8 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=1,
                    help="also score on a local Ray cluster of this many nodes (head + workers) and compare")
     p.add_argument("--object-store-mb", type=int, default=256, help="each cluster node's object store cap")
+    p.add_argument("--kmeans-fit-sample", type=int, default=None,
+                   help="fit k-means centroids on a seeded sample of this many items (every item assigned exactly)")
     args = p.parse_args()
     for n in args.items:
         root = Path(args.work_dir) / f"n{n}"
@@ -410,9 +415,10 @@ def main() -> None:
             root.mkdir(parents=True, exist_ok=True)
             generate(root, n)
             print(f"generated N = {n:,} in {time.perf_counter() - t0:.0f} s under {root}", flush=True)
-        results = [run_scores(root, n, args.sample, args.label_sample)]
+        results = [run_scores(root, n, args.sample, args.label_sample, kmeans_fit_sample=args.kmeans_fit_sample)]
         if args.nodes > 1:
-            results.append(run_scores(root, n, args.sample, args.label_sample, args.nodes, args.object_store_mb))
+            results.append(run_scores(root, n, args.sample, args.label_sample, args.nodes, args.object_store_mb,
+                                      args.kmeans_fit_sample))
         for result in results:
             report(result)
             if args.json:
