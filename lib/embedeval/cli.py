@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from embedeval.demo.defaults import DEMO_ITEMS
+from embedeval.demo.defaults import DEMO_GROWTH, DEMO_ITEMS
 from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
 
 if TYPE_CHECKING:
@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--items", type=int, default=DEMO_ITEMS, help=f"catalogue items to generate (default {DEMO_ITEMS})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--run-id", default="demo")
+    d.add_argument("--grow", type=int, default=None,
+                   help=f"items the second night adds (default {DEMO_GROWTH} of {DEMO_ITEMS}, the same share "
+                        "of --items; 0: one night, no diff)")
     d.add_argument("--models", nargs="+", default=None, help="model specs (default: the demo's three)")
     d.add_argument("--skip-report", action="store_true")
 
@@ -247,7 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedeval.workflow import run_demo
 
     run_demo(Path(args.root), items=args.items, seed=args.seed, run_id=args.run_id, models=args.models,
-             report=not args.skip_report, progress=_console(args))
+             report=not args.skip_report, progress=_console(args), grow=args.grow)
     return 0
 
 

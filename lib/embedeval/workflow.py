@@ -17,10 +17,12 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
-from embedeval.config import RunConfig, load_config
-from embedeval.demo.defaults import DEMO_EMBED, DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS, DEMO_REPORT, DEMO_SCORE
+from embedeval.config import ConfigError, RunConfig, load_config
+from embedeval.demo.defaults import (DEMO_EMBED, DEMO_GROWTH, DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS, DEMO_REPORT,
+                                     DEMO_SCORE)
 from embedeval.io.layout import RunLayout
 from embedeval.io.lease import RunLease, hold_run_lease
 from embedeval.io.storage import Storage
@@ -189,24 +191,34 @@ def run_all(config: RunConfig, echo: Callable[[str], None] = print, *, force: bo
     return paths
 
 
-def _run_stages(config: RunConfig, progress: Progress, lease: RunLease, *, report: bool):  # noqa: ANN202
-    """Ray start, embed, score and (``report``) report, each timed in ``progress``; the lease is checked
-    between stages. Returns the report's paths, or None without a report."""
+def _run_stages(config: RunConfig, progress: Progress, lease: RunLease, *, report: bool,  # noqa: ANN202
+                label: str = ""):
+    """Ray start, embed, score and (``report``) report, each timed in ``progress`` (stage names prefixed
+    with ``label``); the lease is checked between stages. Returns the report's paths, or None without a
+    report."""
     from embedeval.pipeline.embed import embed_run
     from embedeval.pipeline.ray_runtime import ensure_ray
 
-    with progress.stage("ray start"):
-        ensure_ray(config.ray)
-    with progress.stage("embed"):
+    if not ray_is_up():
+        with progress.stage("ray start"):
+            ensure_ray(config.ray)
+    with progress.stage(f"{label}embed"):
         embed_run(config, progress=progress, echo=progress.echo)
     lease.ensure_held()
-    with progress.stage("score"):
+    with progress.stage(f"{label}score"):
         score_from_config(config, progress=progress)
     if not report:
         return None
     lease.ensure_held()
-    with progress.stage("report"):
+    with progress.stage(f"{label}report"):
         return report_from_config(config, progress=progress)
+
+
+def ray_is_up() -> bool:
+    """Whether this process is already connected to Ray (a second demo night reuses the first's)."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def demo_config(root: Path | str, corpus_manifest: Path | str, tag_categories: Path | str, run_id: str,
@@ -229,21 +241,46 @@ def demo_config(root: Path | str, corpus_manifest: Path | str, tag_categories: P
 
 def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str = "demo",
              models: list[str] | None = None, report: bool = True, echo: Callable[[str], None] = print,
-             progress: Progress | None = None) -> RunConfig:
-    """Write the demo corpus and a config under ``root`` and run embed, score and (optionally) report."""
+             progress: Progress | None = None, grow: int | None = None) -> RunConfig:
+    """Write the demo corpus and a config under ``root`` and run it as two nights of a growing catalogue.
+
+    Night 1 (run ``<run_id>-night1``) embeds and scores the first ``items - grow`` items; night 2 (run
+    ``run_id``) gets all ``items``: the embed cache answers for night 1's items in every model and
+    modality, so only the ``grow`` new ones are embedded, and its report's ``diff.md`` compares the two
+    nights. ``grow`` defaults to the same share as the default demo's (``DEMO_GROWTH`` of ``DEMO_ITEMS``);
+    ``grow=0`` runs one night (no diff). ``report``: whether night 2 writes its report."""
     from embedeval.demo.corpus import write_demo_corpus
 
+    if grow is None:
+        grow = items * DEMO_GROWTH // DEMO_ITEMS
+    if not 0 <= grow < items:
+        raise ConfigError(f"demo: --grow must be between 0 and --items - 1 ({items - 1}); got {grow}")
     progress = progress or Progress(echo)
     root = root.expanduser().resolve()
     progress.echo(f"demo corpus: {items} items under {root / 'corpus'}")
     with progress.stage("corpus"):
         corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX)
+    first_night = f"{run_id}-night1"
+    if grow:
+        night1_manifest = corpus.manifest.with_name("manifest-night1.parquet")
+        pq.write_table(pq.read_table(corpus.manifest).slice(0, items - grow), night1_manifest)
+        night1_path = root / "demo-config-night1.yaml"
+        night1_path.write_text(yaml.safe_dump(demo_config(root, night1_manifest, corpus.tag_categories, first_night,
+                                                          models, local=True), sort_keys=False))
+        night1 = load_config(night1_path)
+        progress.echo(f"night 1: {items - grow} items (run {first_night})")
+        with run_lease(night1, purpose="demo", echo=progress.echo) as lease:
+            _run_stages(night1, progress, lease, report=False, label="night 1 ")
+        progress.echo(f"night 2: the catalogue grew by {grow} items to {items} (run {run_id}): only the new "
+                      f"items are embedded, and diff.md compares the two nights")
+    config_dict = demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models, local=True)
+    if grow:
+        config_dict["previous_run_id"] = first_night
     config_path = root / "demo-config.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(root, corpus.manifest, corpus.tag_categories, run_id, models,
-                                                      local=True), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(config_dict, sort_keys=False))
     config = load_config(config_path)
     with run_lease(config, purpose="demo", echo=progress.echo) as lease:
-        _run_stages(config, progress, lease, report=report)
+        _run_stages(config, progress, lease, report=report, label="night 2 " if grow else "")
     progress.echo(f"results: {root / RunLayout(run_id).base}  (config: {config_path})")
     progress.echo(progress.timing_line())
     return config

@@ -69,12 +69,24 @@ def test_run_console_has_progress_and_summary_and_no_ray_noise(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_verbose_demo_console_shows_what_quiet_mode_drops(tmp_path: Path) -> None:
+def test_verbose_demo_shows_ray_lines_and_two_nights_with_the_cache_and_the_diff(tmp_path: Path) -> None:
     console = run_cli(tmp_path, "-v", "demo", "--root", str(tmp_path / "demo"), "--items", "24",
                       "--models", "builtin:pixelstats")
     # Ray's own lines are there (so the quiet test above checks something real) ...
     assert "streaming_executor" in console and "Progress bars disabled" in console, console
     # ... and so are our per-unit details, with the bars and the summary
     assert re.search(r"pixelstats: corrembed \(image\) done in", console), console
-    assert re.search(r"  embed builtin-pixelstats: 48/48 items", console), console
-    assert re.search(r"^done in [\d.]+s \(corpus [\d.]+s, ray start", console, re.MULTILINE), console
+    assert re.search(r"^done in [\d.]+s \(corpus [\d.]+s, ray start [\d.]+s, night 1 embed [\d.]+s, night 1 score "
+                     r"[\d.]+s, night 2 embed [\d.]+s, night 2 score [\d.]+s, night 2 report [\d.]+s\)$",
+                     console, re.MULTILINE), console
+    # Two nights of a growing catalogue (24 items, the default share of growth: 4): night 1 embeds its 20
+    # items; night 2 takes those 20 from the cache in each modality and embeds only the 4 new ones ...
+    assert re.search(r"  embed builtin-pixelstats: 40/40 items \(image 20/20, sketch 20/20\)", console), console
+    assert "night 2: the catalogue grew by 4 items to 24 (run demo)" in console, console
+    for modality in ("image", "sketch"):
+        assert f"  builtin-pixelstats / {modality}: 24 read = 24 embedded + 0 quarantined" in console, console
+        assert re.search(rf"  builtin-pixelstats / {modality}: 24 read = .*, 20 from cache", console), console
+    # ... and its diff compares the two nights
+    assert re.search(r"^diff: .*diff\.md \(against run demo-night1\)$", console, re.MULTILINE), console
+    diff = (tmp_path / "demo" / "runs" / "demo" / "report" / "diff.md").read_text()
+    assert "demo-night1" in diff, diff

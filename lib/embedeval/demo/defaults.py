@@ -10,6 +10,9 @@ resnet18 63 ms vs mobilenet_v3_small 11 ms; open_clip ViT-B-32 89 ms/image + 70 
 from __future__ import annotations
 
 DEMO_ITEMS = 200
+# The demo runs two nights: the first has DEMO_ITEMS - DEMO_GROWTH items, the second all of them, so the
+# cache (only the new items are embedded) and the night-over-night diff are shown.
+DEMO_GROWTH = 40
 DEMO_IMAGE_PX = 96   # the rendered PNGs; every model resizes to its own input size anyway
 
 DEMO_MODELS: list[dict] = [
