@@ -53,26 +53,41 @@ def used_memory() -> int:
     return info["MemTotal"] - info["MemAvailable"]
 
 
-class MemorySampler:
-    def __init__(self, period_s: float = 0.2) -> None:
+class PeriodicSampler:
+    """Calls ``sample()`` every ``period_s`` seconds on a daemon thread while the ``with`` block runs."""
+
+    def __init__(self, period_s: float) -> None:
         self.period_s = period_s
-        self.base = used_memory()
-        self.peak = self.base
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, used_memory())
+            self.sample()
             self._stop.wait(self.period_s)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> "PeriodicSampler":
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class MemorySampler(PeriodicSampler):
+    """Peak of the machine's used memory (``used_memory``) above its level at the start."""
+
+    def __init__(self, period_s: float = 0.2) -> None:
+        super().__init__(period_s)
+        self.base = used_memory()
+        self.peak = self.base
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, used_memory())
 
 
 def sgemm_rate(threads: int) -> float:
@@ -179,40 +194,27 @@ def gemm_flops(unit_key: str, n: int, settings: object, dT: int = TAGS) -> float
     return 0.0
 
 
-class NodeMemorySampler:
+class NodeMemorySampler(PeriodicSampler):
     """Peak summed RSS of each Ray node's process tree (its raylet and the workers under it), sampled.
 
     On one machine the nodes share memory, so this is the per-node figure a multi-machine cluster would
     see, as an upper bound (pages a process shares with others are counted in each)."""
 
     def __init__(self, period_s: float = 0.5) -> None:
-        self.period_s = period_s
+        super().__init__(period_s)
         self.peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def sample(self) -> None:
         import psutil
 
-        while not self._stop.is_set():
-            for raylet in (p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"):
-                try:
-                    node = next((a.split("=", 1)[1] for a in raylet.info["cmdline"] or []
-                                 if a.startswith("--node_id=")),
-                                str(raylet.pid))[:8]
-                    rss = raylet.memory_info().rss + sum(c.memory_info().rss for c in raylet.children(recursive=True))
-                except psutil.Error:
-                    continue
-                self.peak[node] = max(self.peak.get(node, 0), rss)
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> "NodeMemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        for raylet in (p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"):
+            try:
+                node = next((a.split("=", 1)[1] for a in raylet.info["cmdline"] or []
+                             if a.startswith("--node_id=")), str(raylet.pid))[:8]
+                rss = raylet.memory_info().rss + sum(c.memory_info().rss for c in raylet.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.peak[node] = max(self.peak.get(node, 0), rss)
 
 
 def start_cluster(nodes: int, object_store_mb: int) -> object:
