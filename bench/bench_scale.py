@@ -198,10 +198,12 @@ class NodeMemorySampler(PeriodicSampler):
     """Peak summed RSS of each Ray node's process tree (its raylet and the workers under it), sampled.
 
     On one machine the nodes share memory, so this is the per-node figure a multi-machine cluster would
-    see, as an upper bound (pages a process shares with others are counted in each)."""
+    see, as an upper bound (pages a process shares with others are counted in each). Only the raylets of
+    ``node_ids`` (this cluster's nodes) count: another Ray on the machine is not ours."""
 
-    def __init__(self, period_s: float = 0.5) -> None:
+    def __init__(self, node_ids: set[str], period_s: float = 0.5) -> None:
         super().__init__(period_s)
+        self.node_ids = node_ids
         self.peak: dict[str, int] = {}
 
     def sample(self) -> None:
@@ -210,7 +212,10 @@ class NodeMemorySampler(PeriodicSampler):
         for raylet in (p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"):
             try:
                 node = next((a.split("=", 1)[1] for a in raylet.info["cmdline"] or []
-                             if a.startswith("--node_id=")), str(raylet.pid))[:8]
+                             if a.startswith("--node_id=")), "")
+                if node not in self.node_ids:
+                    continue
+                node = node[:8]
                 rss = raylet.memory_info().rss + sum(c.memory_info().rss for c in raylet.children(recursive=True))
             except psutil.Error:
                 continue
@@ -265,7 +270,8 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None,
     shutil.rmtree(root / (out_dir or "runs/bench/scores"), ignore_errors=True)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_utime
     t0 = time.perf_counter()
-    with MemorySampler() as mem, NodeMemorySampler() as node_mem:
+    node_ids = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    with MemorySampler() as mem, NodeMemorySampler(node_ids) as node_mem:
         table = score_run(storage, "bench", manifest, categories, settings, progress=progress, out_dir=out_dir)
     wall = time.perf_counter() - t0
     # Ray workers are not our children in the rusage sense: ask Ray for their CPU time via /proc
