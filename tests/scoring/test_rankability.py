@@ -166,6 +166,20 @@ def test_kendall_interval_equals_brute_force_resamples(rng: np.random.Generator)
         assert abs(got.low - want.low) < 1e-9 and abs(got.high - want.high) < 1e-9
 
 
+def test_m_out_of_n_kendall_interval_is_the_same_with_the_callers_full_sample_rows(
+        rng: np.random.Generator) -> None:
+    proj = rng.normal(size=(3, 60))
+    y = proj[0] + rng.normal(size=60)
+    own = kendall_intervals(proj, y, 20, seed=4, confidence=0.9, max_units=20)
+    given = kendall_intervals(proj, y, 20, seed=4, confidence=0.9, max_units=20, full_rows=kendall_rows(proj, y))
+    assert own == given and own[0].low is not None and own[0].low < own[0].high
+    # and the rows given are the ones used: the interval is full + sqrt(m/n) (resampled - full), so a full
+    # value 0.1 higher moves it by 0.1 (1 - sqrt(m/n))
+    tau, acc = kendall_rows(proj, y)
+    shifted = kendall_intervals(proj, y, 20, seed=4, confidence=0.9, max_units=20, full_rows=(tau + 0.1, acc))
+    assert shifted[0].low == pytest.approx(own[0].low + 0.1 * (1 - np.sqrt(20 / 60))) and shifted[1] == own[1]
+
+
 def test_every_fit_reports_tau_and_pairwise_accuracy(rng: np.random.Generator) -> None:
     table, X = _size_corpus(rng, n=80)
     ctx = make_context(table, fewshot_ns=[5], fewshot_repeats=3, bootstrap_resamples=10)

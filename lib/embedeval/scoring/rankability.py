@@ -258,11 +258,14 @@ def _m_out_of_n_interval(projections: np.ndarray, y: np.ndarray, resamples: int,
 
 
 def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, seed: int, confidence: float,
-                      max_units: int | None = None) -> tuple[Interval, Interval]:
+                      max_units: int | None = None,
+                      full_rows: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Interval, Interval]:
     """Bootstrap over test items of the mean (over fits) tau-b and pairwise accuracy, on the same resamples.
 
     As :func:`mean_spearman_interval`: with more than ``max_units`` items an m-out-of-n bootstrap (the
-    spread around the full-sample value shrunk by sqrt(m / n)). Cost O(resamples x fits x m log m)."""
+    spread around the full-sample value shrunk by sqrt(m / n)). Cost O(resamples x fits x m log m).
+    ``full_rows``: the caller's ``kendall_rows(projections, y)``, so the full-sample values are not
+    computed twice (O(fits x n log n), the largest single cost at a million test items)."""
     none = (Interval(None, None), Interval(None, None))
     if resamples <= 0 or y.size < 3:
         return none
@@ -278,7 +281,7 @@ def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, se
             stats[r] = np.nanmean(tau), np.nanmean(acc)
         if m == n:
             return percentile_interval(stats[:, 0], confidence), percentile_interval(stats[:, 1], confidence)
-        full = np.nanmean(np.vstack(kendall_rows(projections, y)), axis=1)
+        full = np.nanmean(np.vstack(full_rows if full_rows is not None else kendall_rows(projections, y)), axis=1)
     out = []
     for j in range(2):
         spread = percentile_interval(np.sqrt(m / n) * (stats[:, j] - full[j]), confidence)
@@ -365,7 +368,7 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
                                     max_units=s.bootstrap_max_units)
         ci_tau, ci_acc = kendall_intervals(proj, y_test, s.bootstrap_resamples,
                                            derive_seed(s.seed, TASK, name, fit, k, "kendall"), s.confidence,
-                                           max_units=s.bootstrap_max_units)
+                                           max_units=s.bootstrap_max_units, full_rows=(tau, acc))
         if y_test.size > s.bootstrap_max_units:
             note = join_notes(note, f"interval: m-out-of-n bootstrap, m={s.bootstrap_max_units}")
         for metric, values, interval in (("spearman", r, ci), ("kendall_tau_b", tau, ci_tau),
