@@ -111,7 +111,9 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
         rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "kmeans-fit"))
         fit_rows = np.sort(rng.choice(n, size=max(s.kmeans_fit_sample, k), replace=False))
     with stopwatch() as t:
-        result = kmeans(X if fit_rows is None else X.select(fit_rows), k, iters=s.kmeans_iters,
+        # the sample gathered into dense blocks (bounded as query samples are): a Selection would read
+        # every base block on each of the Lloyd passes
+        result = kmeans(X if fit_rows is None else query_rows(X, fit_rows, ctx.runner), k, iters=s.kmeans_iters,
                         seed=derive_seed(s.seed, TASK, modality), init=s.kmeans_init, block_size=s.block_size,
                         runner=ctx.runner)
         if fit_rows is None:
