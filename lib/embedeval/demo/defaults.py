@@ -1,4 +1,5 @@
-"""What `embedeval demo` runs by default: sized to finish in about a minute on 2 CPU cores (the goal: under one).
+"""What `embedeval demo` runs by default: two nights of a small catalogue, sized for 2 CPU cores (98 s measured
+on a quiet machine; the goal is under 60 s).
 
 Every score family, the report and the diff are still shown; what is smaller than a real run is said in
 README "Set up": 200 items instead of a catalogue, and small architectures on random weights (nothing can
