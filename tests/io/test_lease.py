@@ -36,6 +36,9 @@ from embedeval.io.storage import Storage
 
 LIB = Path(__file__).resolve().parents[2] / "lib"
 FAST = LeaseSettings(ttl_s=1.5, heartbeat_s=0.3)
+# For the checks that a live holder keeps others out: a lease that cannot expire while a busy machine is slow
+# to renew it (with FAST, one late heartbeat lets the second holder in and the test fails for the wrong reason).
+STEADY = LeaseSettings(ttl_s=60.0, heartbeat_s=5.0)
 
 # A process that takes a run's lease at a given moment, says so, and holds it; refused, it exits as the CLI does.
 CONTENDER = """
@@ -234,15 +237,15 @@ def test_with_ray_a_named_actor_keeps_two_holders_apart_on_rclone(s3_storage: St
     store = lease_store(s3_storage, "r1")
     assert store.guarantee == GUARANTEE_RAY_CLUSTER
     said: list[str] = []
-    a = acquire_run_lease(s3_storage, "r1", settings=FAST, purpose="A", echo=said.append)
+    a = acquire_run_lease(s3_storage, "r1", settings=STEADY, purpose="A", echo=said.append)
     try:
         assert "only between drivers on this Ray cluster" in said[0]
         s3_storage.delete_file(lease_rel("r1"))  # the record is gone: only the actor still knows A
         with pytest.raises(LeaseHeld, match="embedeval A on host"):
-            acquire_run_lease(s3_storage, "r1", settings=FAST, purpose="B", echo=lambda _: None)
+            acquire_run_lease(s3_storage, "r1", settings=STEADY, purpose="B", echo=lambda _: None)
     finally:
         a.release()
-    b = acquire_run_lease(s3_storage, "r1", settings=FAST, purpose="B", echo=lambda _: None)
+    b = acquire_run_lease(s3_storage, "r1", settings=STEADY, purpose="B", echo=lambda _: None)
     b.release()
     # A holder that dies leaves its claim in the actor; it is taken over once it expires.
     c = acquire_run_lease(s3_storage, "r2", settings=FAST, purpose="C", echo=lambda _: None)
