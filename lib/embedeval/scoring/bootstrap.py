@@ -150,6 +150,13 @@ def half_sample_interval(n: int, statistic: Callable[[np.ndarray], float], value
     return Interval(float(np.clip(value + spread.low, *bounds)), float(np.clip(value + spread.high, *bounds)))
 
 
+def seeded_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted distinct int64 indices of a seeded sample of ``size`` of range(n): the query, anchor and item
+    samples a score says it ran on (the same indices for the same seed, whatever else the run does)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=int(size), replace=False)).astype(np.int64)
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable per-(task, target, metric) seed, so adding a task does not shift another task's draws."""
     h = hashlib.sha256(repr((seed,) + parts).encode()).digest()

@@ -44,7 +44,8 @@ from embedeval.engine.pairs import canonical_pair_scores, upper_triangle_scores
 from embedeval.engine.sources import BlockSource
 from embedeval.engine.tiles import gather_rows, map_blocks_of, query_rows
 from embedeval.metrics.correlation import spearman
-from embedeval.scoring.bootstrap import NO_INTERVAL, Interval, bootstrap_mean, bootstrap_summed, derive_seed
+from embedeval.scoring.bootstrap import (NO_INTERVAL, Interval, bootstrap_mean, bootstrap_summed, derive_seed,
+                                        seeded_sample)
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.corrembed_paper import PAPER_CODE, CorrembedOptions, score_paper_code
 from embedeval.scoring.parts import UnitResult
@@ -64,8 +65,7 @@ def choose_anchors(n: int, anchors: int | str, seed: int) -> np.ndarray:
     """Sorted anchor indices: every item when ``anchors`` is ``'all'`` or at least n, else a seeded sample."""
     if anchors == "all" or int(anchors) >= n:
         return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=int(anchors), replace=False)).astype(np.int64)
+    return seeded_sample(n, int(anchors), seed)
 
 
 def mean_of_defined(r: np.ndarray) -> tuple[float | None, np.ndarray, int]:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from embedeval.engine.knn import topk_search
 from embedeval.engine.tiles import gather_rows, map_blocks_of, query_rows
-from embedeval.scoring.bootstrap import bootstrap_mean, bootstrap_statistic, derive_seed
+from embedeval.scoring.bootstrap import bootstrap_mean, bootstrap_statistic, derive_seed, seeded_sample
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
 from embedeval.scoring.per_item import ids_of, per_item_table
@@ -175,8 +175,7 @@ def score_probes(ctx: TaskContext, emb: ModalityEmbeddings, opts: ProbeOptions) 
     with stopwatch() as t:
         fit_rows, params, note = train, {}, base
         if opts.max_train is not None and train.size > opts.max_train:
-            rng = np.random.default_rng(derive_seed(s.seed, TASK, target, "train"))
-            fit_rows = np.sort(train[rng.choice(train.size, size=opts.max_train, replace=False)])
+            fit_rows = train[seeded_sample(train.size, opts.max_train, derive_seed(s.seed, TASK, target, "train"))]
             params["seed"] = s.seed
             note = join_notes(f"logistic fit on {opts.max_train} of {train.size} train items (seeded)", note)
         X = gather_rows(src, fit_rows, ctx.runner).astype(np.float64)
@@ -207,8 +206,7 @@ def score_probes(ctx: TaskContext, emb: ModalityEmbeddings, opts: ProbeOptions) 
     kmax = max(opts.knn_ks)
     voters, knn_params, knn_note = np.arange(test.size), {"train": int(train.size)}, base
     if opts.knn_max_test is not None and test.size > opts.knn_max_test:
-        rng = np.random.default_rng(derive_seed(s.seed, TASK, target, "knn-test"))
-        voters = np.sort(rng.choice(test.size, size=opts.knn_max_test, replace=False))
+        voters = seeded_sample(test.size, opts.knn_max_test, derive_seed(s.seed, TASK, target, "knn-test"))
         knn_params.update(test=int(voters.size), seed=s.seed)
         knn_note = join_notes(f"k-NN vote for {voters.size} of {test.size} test items (seeded), neighbours among "
                               f"all {train.size} train items", base)

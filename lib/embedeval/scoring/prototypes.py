@@ -33,7 +33,7 @@ from embedeval.engine.sources import BlockSource
 from embedeval.engine.tiles import map_blocks_of, query_rows
 from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.metrics import clustering
-from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, half_sample_interval
+from embedeval.scoring.bootstrap import bootstrap_mean, derive_seed, half_sample_interval, seeded_sample
 from embedeval.scoring.context import ModalityEmbeddings, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
 from embedeval.scoring.registry import PlanInputs, ScoreTask, ScoreUnit
@@ -108,8 +108,7 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
 
     fit_rows = None
     if s.kmeans_fit_sample is not None and n > max(s.kmeans_fit_sample, k):
-        rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "kmeans-fit"))
-        fit_rows = np.sort(rng.choice(n, size=max(s.kmeans_fit_sample, k), replace=False))
+        fit_rows = seeded_sample(n, max(s.kmeans_fit_sample, k), derive_seed(s.seed, TASK, modality, "kmeans-fit"))
     with stopwatch() as t:
         # the sample gathered into dense blocks (bounded as query samples are): a Selection would read
         # every base block on each of the Lloyd passes
@@ -145,8 +144,7 @@ def score_prototypes(ctx: TaskContext, emb: ModalityEmbeddings) -> PrototypeScor
     amb_note = kmeans_note
     amb_params = dict(params, neighbours=int(m))
     if s.ambiguity_max_items is not None and n > s.ambiguity_max_items:
-        rng = np.random.default_rng(derive_seed(s.seed, TASK, modality, "ambiguity-items"))
-        items = np.sort(rng.choice(n, size=s.ambiguity_max_items, replace=False))
+        items = seeded_sample(n, s.ambiguity_max_items, derive_seed(s.seed, TASK, modality, "ambiguity-items"))
         amb_params["items"] = int(items.size)
         amb_note = join_notes(f"ambiguity: {items.size} of {n} items sampled (seeded), neighbours among all {n}",
                               kmeans_note)
