@@ -196,10 +196,12 @@ def _run_stages(config: RunConfig, progress: Progress, lease: RunLease, *, repor
     """Ray start, embed, score and (``report``) report, each timed in ``progress`` (stage names prefixed
     with ``label``); the lease is checked between stages. Returns the report's paths, or None without a
     report."""
+    import ray
+
     from embedeval.pipeline.embed import embed_run
     from embedeval.pipeline.ray_runtime import ensure_ray
 
-    if not ray_is_up():
+    if not ray.is_initialized():  # a second demo night reuses the first's Ray
         with progress.stage("ray start"):
             ensure_ray(config.ray)
     with progress.stage(f"{label}embed"):
@@ -212,13 +214,6 @@ def _run_stages(config: RunConfig, progress: Progress, lease: RunLease, *, repor
     lease.ensure_held()
     with progress.stage(f"{label}report"):
         return report_from_config(config, progress=progress)
-
-
-def ray_is_up() -> bool:
-    """Whether this process is already connected to Ray (a second demo night reuses the first's)."""
-    import sys
-
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def demo_config(root: Path | str, corpus_manifest: Path | str, tag_categories: Path | str, run_id: str,
