@@ -24,6 +24,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
     ({"manifest": "m.parquet", "models": []}, "(top level)", "at least one model"),
     ({"manifest": "m.parquet", "models": ["a:b", {"spec": "c:d", "name": "a:b"}]}, "(top level)", "same name"),
     ({"manifest": "m.parquet", "models": ["x"], "embed": {"modalities": ["audio"]}}, "embed.modalities.0", "image"),
+    ({"manifest": "m.parquet", "models": ["x"], "embed": {"models_at_once": 2}}, "embed", "needs embed.replicas: tasks"),
 ])
 def test_errors_name_the_key(tmp_path: Path, data: dict, key: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -57,6 +57,10 @@ class EmbedSettings(BaseModel):
         default="actors", description="actors: model replicas in an actor pool per model (clusters, GPUs); tasks: "
                                       "read, decode and embed in plain Ray tasks whose worker processes serve every "
                                       "model in turn (no process start per model; small CPU-only machines)")
+    models_at_once: int = Field(
+        default=1, gt=0, description="with replicas: tasks, embed this many models at the same time, so their fixed "
+                                     "costs (pipeline start, model build) overlap; each worker process then keeps up "
+                                     "to this many model replicas")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus_per_actor: float = Field(default=1.0, ge=0, description="used only when the cluster has GPUs")
     torch_threads: int | None = Field(default=None, gt=0, description="threads per model replica on CPU")
@@ -71,6 +75,13 @@ class EmbedSettings(BaseModel):
     decode_workers_per_gpu: Literal["auto"] | int = Field(
         default="auto", description="prepare (decode) actors per GPU; auto: the cluster's spare CPUs per GPU. "
                                     "On a cluster without GPUs decode_concurrency applies")
+
+    @model_validator(mode="after")
+    def _models_at_once_needs_tasks(self) -> "EmbedSettings":
+        if self.models_at_once > 1 and self.replicas != "tasks":
+            raise ValueError("embed.models_at_once above 1 needs embed.replicas: tasks (each model's actor pool "
+                             "would hold its own CPUs or GPUs while the others wait for them)")
+        return self
 
     @field_validator("decode_workers_per_gpu", mode="before")
     @classmethod

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from embedeval.config import ConfigError, RunConfig, load_config
-from embedeval.demo.defaults import (DEMO_EMBED, DEMO_GROWTH, DEMO_IMAGE_PX, DEMO_ITEMS, DEMO_MODELS, DEMO_REPORT,
-                                     DEMO_SCORE)
+from embedeval.demo.defaults import (DEMO_CAPTIONS, DEMO_EMBED, DEMO_GROWTH, DEMO_IMAGE_PX, DEMO_ITEMS,
+                                     DEMO_MODELS, DEMO_REPORT, DEMO_SCORE)
 from embedeval.io.layout import RunLayout
 from embedeval.io.lease import RunLease, hold_run_lease
 from embedeval.io.storage import Storage
@@ -254,7 +254,7 @@ def run_demo(root: Path, *, items: int = DEMO_ITEMS, seed: int = 0, run_id: str 
     root = root.expanduser().resolve()
     progress.echo(f"demo corpus: {items} items under {root / 'corpus'}")
     with progress.stage("corpus"):
-        corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX)
+        corpus = write_demo_corpus(root, items, seed, image_px=DEMO_IMAGE_PX, captions_per_item=DEMO_CAPTIONS)
     first_night = f"{run_id}-night1"
     if grow:
         night1_manifest = corpus.manifest.with_name("manifest-night1.parquet")

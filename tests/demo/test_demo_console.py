@@ -51,7 +51,7 @@ def test_run_console_has_progress_and_summary_and_no_ray_noise(tmp_path: Path) -
     corpus = write_demo_corpus(tmp_path / "demo", n_items=24)
     config = demo_config(tmp_path / "demo", corpus.manifest, corpus.tag_categories, "r1", ["builtin:pixelstats"],
                          local=True)
-    config["embed"]["replicas"] = "actors"
+    config["embed"].update(replicas="actors", models_at_once=1)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     console = run_cli(tmp_path, "run", "--config", str(tmp_path / "run.yaml"))
     noise = [line for line in console.splitlines() if any(re.search(p, line) for p in RAY_NOISE)]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -231,18 +232,30 @@ def test_task_replicas_give_the_same_vectors_and_quarantine_as_actors(tmp_path: 
     break_corpus(corpus.root, fraction=0.3, huge_side=2100)
     models = ["builtin:pixelstats", {"spec": "torchvision:mobilenet_v3_small:random", "name": "mobilenet"}]
     runs = {}
-    for replicas in ("actors", "tasks"):
-        root = tmp_path / f"out-{replicas}"
+    for replicas, at_once in (("actors", 1), ("tasks", 1), ("tasks", 2)):
+        root = tmp_path / f"out-{replicas}-{at_once}"
         config = _config(str(root), str(corpus.manifest), models,
                          embed={"batch_size": 8, "rows_per_file": 16, "max_image_pixels": 4_000_000,
-                                "modalities": ["image"], "replicas": replicas})
+                                "modalities": ["image"], "replicas": replicas, "models_at_once": at_once})
         summary = embed_run(config, echo=lambda _: None)
         storage = Storage(str(root))
         errors = (pl.read_parquet(storage.path("runs/r1/errors") + "/**/*.parquet")
                   .select("id", "model", "stage", "reason").sort("id", "model", "stage", "reason", nulls_last=True))
         vectors = {m: read_committed(storage, "r1", m, "image") for m in ("builtin-pixelstats", "mobilenet")}
-        runs[replicas] = (summary, errors, vectors)
-    (sep_summary, sep_errors, sep_vectors), (fused_summary, fused_errors, fused_vectors) = runs["actors"], runs["tasks"]
+        runs[replicas, at_once] = (summary, errors, vectors)
+    # both models embedded at the same time (embed.models_at_once): the same rows, errors and vectors as one
+    # after the other, and the summaries in config order
+    (one_summary, one_errors, one_vectors), (two_summary, two_errors, two_vectors) = runs["tasks", 1], runs["tasks", 2]
+    assert one_errors.equals(two_errors)
+    assert [(p.model, p.modality, p.embedded, p.quarantined) for p in one_summary.partitions] == \
+           [(p.model, p.modality, p.embedded, p.quarantined) for p in two_summary.partitions]
+    for model, one in one_vectors.items():
+        two = two_vectors[model]
+        order_1, order_2 = np.argsort(one.ids), np.argsort(two.ids)
+        assert one.ids[order_1].tolist() == two.ids[order_2].tolist()
+        np.testing.assert_allclose(one.vectors[order_1], two.vectors[order_2], rtol=0, atol=1e-6)
+    (sep_summary, sep_errors, sep_vectors), (fused_summary, fused_errors, fused_vectors) = \
+        runs["actors", 1], runs["tasks", 1]
     assert sep_errors.height > 0 and sep_errors.equals(fused_errors)
     assert [(p.model, p.embedded, p.quarantined) for p in sep_summary.partitions] == \
            [(p.model, p.embedded, p.quarantined) for p in fused_summary.partitions]
@@ -257,3 +270,16 @@ def test_task_replicas_give_the_same_vectors_and_quarantine_as_actors(tmp_path: 
                 return v / np.linalg.norm(v, axis=1, keepdims=True)
 
             np.testing.assert_allclose(unit(separate.vectors[order_s]), unit(fused.vectors[order_f]), atol=1e-5)
+
+
+def test_small_inputs_are_spread_over_every_cpu_in_whole_batches() -> None:
+    """A Ray Data map task takes a whole block: 544 rows in one 1,024-row block ran on one of two CPUs."""
+    from embedeval.pipeline.embed import spread_blocks
+
+    table = pa.table({"i": np.arange(544)})
+    blocks = spread_blocks(table, batch_size=64, max_rows=1024, cpus=2)
+    assert len(blocks) >= 4 and all(b.num_rows % 64 == 0 for b in blocks[:-1])
+    assert pa.concat_tables(blocks).column("i").to_pylist() == list(range(544))
+    big = spread_blocks(pa.table({"i": np.arange(100_000)}), batch_size=32, max_rows=1024, cpus=2)
+    assert {b.num_rows for b in big[:-1]} == {1024}
+    assert [b.num_rows for b in spread_blocks(table.slice(0, 10), 32, 1024, cpus=8)] == [10]

@@ -103,10 +103,29 @@ def test_task_path_prepares_with_its_cached_replica_s_split_and_embeds_like_the_
         got = stages.prepare_and_embed(broken_inputs, SPEC, None, LIMITS, "cpu", 1, device_jpeg=device_jpeg)
         assert _errors(got) == _errors(want) and got.column("error_stage").null_count > 0
         np.testing.assert_allclose(_vectors(got), _vectors(want), atol=1e-6)
-    replica = stages._task_replica[1].model
+    replica = next(reversed(stages._task_replicas.values())).model
     prepared = ImagePreparer(SPEC, None, LIMITS, model=replica)(broken_inputs)
     assert set(prepared.column("pixel_format").drop_null().to_pylist()) == {"uint8"}
     assert prepared.equals(ImagePreparer(SPEC, None, LIMITS)(broken_inputs))
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_task_worker_keeps_its_most_recent_replicas(broken_inputs: pa.Table, keep: int) -> None:
+    """embed.models_at_once: a worker keeps that many replicas, so two models embedded at the same time do
+    not rebuild each other's; with one kept, switching models rebuilds (and frees the previous one)."""
+    from embedeval.pipeline import stages
+
+    stages._task_replicas.clear()
+    other = "builtin:pixelstats"
+    for spec in (SPEC, other, SPEC):
+        stages.prepare_and_embed(broken_inputs.slice(0, 4), spec, None, LIMITS, "cpu", 1, keep=keep)
+        if spec == SPEC and len(stages._task_replicas) == 1 and keep == 2:
+            first = stages._task_replicas[(SPEC, "cpu", 1)]
+    replicas = stages._task_replicas
+    assert len(replicas) == keep and list(replicas)[-1] == (SPEC, "cpu", 1)
+    if keep == 2:
+        assert replicas[(SPEC, "cpu", 1)] is first          # not rebuilt after the other model's batch
+    stages._task_replicas.clear()
 
 
 def _jpeg(mode: str = "RGB", size: tuple[int, int] = (80, 60)) -> bytes:

@@ -166,6 +166,20 @@ def test_kendall_interval_equals_brute_force_resamples(rng: np.random.Generator)
         assert abs(got.low - want.low) < 1e-9 and abs(got.high - want.high) < 1e-9
 
 
+@pytest.mark.parametrize("m", [None, 25])
+def test_kendall_interval_from_pair_signs_is_the_per_resample_loop_to_the_bit(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, m: int | None) -> None:
+    # ties in the fits and in y, a constant fit, and resamples small enough that some have y constant
+    proj = rng.integers(0, 3, size=(4, 40)).astype(float)
+    proj[1], proj[3] = rng.normal(size=40), 2.0
+    y = rng.integers(0, 2, size=40).astype(float)
+    y[:30] = 0.0
+    fast = kendall_intervals(proj, y, 60, seed=5, confidence=0.9, max_units=m)
+    monkeypatch.setattr("embedeval.scoring.rankability._PAIRWISE_MAX_N", 0)  # one kendall_rows (scipy) per resample
+    loop = kendall_intervals(proj, y, 60, seed=5, confidence=0.9, max_units=m)
+    assert fast == loop and fast[0].low is not None
+
+
 def test_m_out_of_n_kendall_interval_is_the_same_with_the_callers_full_sample_rows(
         rng: np.random.Generator) -> None:
     proj = rng.normal(size=(3, 60))

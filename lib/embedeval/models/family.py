@@ -47,6 +47,9 @@ class ModelFamily(ABC):
     modalities: ClassVar[tuple[str, ...]] = IMAGE_MODALITIES
     #: False when its models hold vectors made elsewhere (imported, not embedded; never cached)
     embeds: ClassVar[bool] = True
+    #: the libraries its :meth:`load` imports (lazily, so naming a family imports nothing heavy), for a
+    #: worker process to import ahead of its first batch
+    imports: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def parse(self, spec: str, rest: str) -> ParsedSpec:

@@ -326,6 +326,7 @@ class OpenClipFamily(ModelFamily):
     """The functions above, declared as a family."""
 
     name = FAMILY
+    imports = ("open_clip",)
     forms = FORMS
     modalities = ALL_MODALITIES
     parse = staticmethod(parse)

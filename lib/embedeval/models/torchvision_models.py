@@ -281,6 +281,7 @@ class TorchvisionFamily(ModelFamily):
     """The functions above, declared as a family."""
 
     name = FAMILY
+    imports = ("torchvision",)
     forms = FORMS
     modalities = IMAGE_MODALITIES
     parse = staticmethod(parse)

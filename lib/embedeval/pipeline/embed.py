@@ -47,6 +47,7 @@ from embedeval.io.layout import RunLayout
 from embedeval.io.manifest import ManifestError, ManifestReadResult, load_manifest, load_tag_categories
 from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.io.storage import Storage, StorageError
+from embedeval.models.base import ModelInfo
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
 from embedeval.pipeline.embed_plan import EmbedPlan, plan_for_model
 from embedeval.pipeline.media import MediaLimits
@@ -60,9 +61,11 @@ from embedeval.pipeline.stages import (
     Embedder,
     ImagePreparer,
     PartitionTarget,
-    prepare_and_embed,
     default_torch_threads,
     hash_media,
+    import_families,
+    prepare_and_embed,
+    warm_task_workers,
     write_partition_files,
 )
 
@@ -162,13 +165,21 @@ def inputs_fingerprint(inputs: pa.Table, spec: str) -> str:
     return h.hexdigest()
 
 
+def model_setup(config: RunConfig, entry: ModelEntry, storage: Storage) -> tuple[EmbedPlan, ModelInfo]:
+    """The model's embedding plan (device, precision, decoding) and its description, stamped with the plan."""
+    plan = plan_for_model(config.embed, entry.spec, storage)
+    return plan, plan.stamp(describe_model(entry.spec, storage))  # precision / GPU decode: other vectors
+
+
 def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEntry,
                 inputs_by_modality: dict[str, pa.Table], progress: Progress,
-                counters: RunCounter | None = None) -> list[PartitionSummary]:
+                counters: RunCounter | None = None,
+                setup: tuple[EmbedPlan, ModelInfo] | None = None) -> list[PartitionSummary]:
     """Build (or keep) a model's committed partitions, one Ray Data pipeline for all that need building.
 
     See the module docstring for the resume rules. ``counters``: the run's progress counter (one actor
-    shared by every model; made here when None).
+    shared by every model; made here when None). ``setup``: the :func:`model_setup` already made (made
+    here when None).
     """
     model = entry.slug()
     summaries: dict[str, PartitionSummary] = {}
@@ -199,8 +210,7 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
         return [summaries[m] for m in inputs_by_modality]
 
     started = time.time()
-    plan = plan_for_model(config.embed, entry.spec, storage)
-    info = plan.stamp(describe_model(entry.spec, storage))  # precision / GPU decode: other vectors
+    plan, info = setup or model_setup(config, entry, storage)
     metadata = {**info.as_metadata(), "embedeval.run_id": run_id, "embedeval.model": model}
     cache = None
     embeds = model_embeds(entry.spec)
@@ -290,8 +300,15 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
     parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
     counter = counters.get()
     ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=model)
-    ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
-                        fn_kwargs={"target": target}, num_cpus=0.25)
+    if config.embed.replicas == "tasks":
+        # The same resources and whole blocks: Ray Data fuses the write into the embedding task. As a
+        # separate 0.25-CPU operator, its resource reservation left a 2-CPU machine one embedding task at
+        # a time. Files then hold at most a block (<= 1,024 rows).
+        ds = ds.map_batches(write_partition_files, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"target": target}, num_cpus=1)
+    else:
+        ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
+                            fn_kwargs={"target": target}, num_cpus=0.25)
     task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, model))
     written: list[dict] = []
     written_by_modality = {m: 0 for m in parts}
@@ -358,14 +375,32 @@ def split_cache_hits(config: RunConfig, cache: EmbeddingCache,
     return misses, hits, hit_files
 
 
+def spread_blocks(inputs: pa.Table, batch_size: int, max_rows: int, *, cpus: float | None = None) -> list[pa.Table]:
+    """Slice ``inputs`` into the blocks Ray Data hands to its tasks: a map task takes a whole block, so a
+    small input in one big block would run on one core however many the cluster has.
+
+    Blocks hold at most ``max_rows`` rows, and fewer where that leaves the cluster's CPUs idle: about four
+    blocks per CPU, each a whole number of ``batch_size`` batches (so no batch is split across tasks). A
+    catalogue-sized input keeps ``max_rows`` blocks. Holds only slices (views) of ``inputs``.
+    """
+    if cpus is None:
+        import ray
+
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    wanted = max(1, int(4 * cpus))
+    per_block = -(-inputs.num_rows // wanted)
+    per_block = -(-per_block // batch_size) * batch_size   # whole batches
+    rows = max(batch_size, min(max_rows, per_block))
+    return [inputs.slice(i, rows) for i in range(0, inputs.num_rows, rows)] or [inputs]
+
+
 def hash_inputs(config: RunConfig, inputs: pa.Table, storage: Storage) -> pa.Table:
     """content_sha256 for every row: media files are read and hashed by Ray tasks (no decoding)."""
     import ray
 
     limits = MediaLimits(config.embed.max_image_pixels, config.embed.max_image_bytes)
-    rows_per_block = max(config.embed.batch_size, 256)
-    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
-    ds = ray.data.from_arrow(blocks).map_batches(hash_media, batch_format="pyarrow", batch_size=rows_per_block,
+    blocks = spread_blocks(inputs, config.embed.batch_size, max(config.embed.batch_size, 256))
+    ds = ray.data.from_arrow(blocks).map_batches(hash_media, batch_format="pyarrow", batch_size=None,
                                                  fn_kwargs={"storage": storage, "limits": limits})
     hashed = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
     # Ray Data may reorder blocks; restore the input order (id, sub, modality are unique together).
@@ -456,9 +491,8 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
 
     settings = config.embed
     plan = plan or plan_for_model(settings, entry.spec, storage)
-    rows_per_block = max(settings.batch_size, min(settings.rows_per_file, 1024))
-    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
+    ds = ray.data.from_arrow(spread_blocks(inputs, entry.batch_size or settings.batch_size,
+                                           max(settings.batch_size, min(settings.rows_per_file, 1024))))
     device = plan.device
     batch_size = entry.batch_size or settings.batch_size
     limits = MediaLimits(settings.max_image_pixels, settings.max_image_bytes)
@@ -468,7 +502,7 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
     if settings.replicas == "tasks":
         return ds.map_batches(prepare_and_embed, batch_size=batch_size, batch_format="pyarrow",
                               fn_kwargs={**embed_kwargs, "torch_threads": settings.torch_threads,
-                                         "device_jpeg": plan.gpu_jpeg_decode},
+                                         "device_jpeg": plan.gpu_jpeg_decode, "keep": settings.models_at_once},
                               num_gpus=settings.gpus_per_actor if device == "cuda" else 0, num_cpus=1)
     ds = ds.map_batches(ImagePreparer, batch_size=batch_size, batch_format="pyarrow",
                         fn_constructor_kwargs={"spec": entry.spec, "storage": storage, "limits": limits,
@@ -482,6 +516,30 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
         num_cpus=0.5 if device == "cpu" else 1,
     )
     return ds
+
+
+def embed_models(config: RunConfig, storage: Storage, run_id: str, jobs: list[tuple[ModelEntry, dict[str, pa.Table]]],
+                 progress: Progress, counters: RunCounter) -> list[list[PartitionSummary]]:
+    """:func:`embed_model` for every (model, inputs) of ``jobs``, their summaries in the same order.
+
+    One model after another, or ``embed.models_at_once`` of them at a time (``replicas: tasks``): each
+    model's pipeline then runs in a driver thread, and their fixed costs (pipeline start, model builds,
+    the driver's model descriptions) overlap instead of adding up. Every model runs to its end; the first
+    error (in config order) is raised after all have finished, so a failing model stops no other's commit.
+    """
+    at_once = min(config.embed.models_at_once, len(jobs)) if config.embed.replicas == "tasks" else 1
+    if at_once <= 1:
+        return [embed_model(config, storage, run_id, entry, inputs, progress, counters) for entry, inputs in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    counters.get()   # one counter actor, made before the threads share it
+    # Described here, one model after another: that imports the models' libraries in this thread (two
+    # threads importing torchvision and open_clip at once can deadlock on Python's module locks).
+    setups = [model_setup(config, entry, storage) for entry, _ in jobs]
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="embed-model") as pool:
+        futures = [pool.submit(embed_model, config, storage, run_id, entry, inputs, progress, counters, setup)
+                   for (entry, inputs), setup in zip(jobs, setups)]
+    return [future.result() for future in futures]
 
 
 def check_media_models(config: RunConfig) -> None:
@@ -520,9 +578,12 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     echo(summary.lines()[0])
 
     ensure_ray(config.ray)
+    if config.embed.replicas == "tasks":
+        warm_task_workers([entry.spec for entry in config.models])
     available = manifest.modalities()
     prompts = run_prompt_texts(config, manifest)
     counters = RunCounter()
+    jobs: list[tuple[ModelEntry, dict[str, pa.Table]]] = []
     try:
         for entry in config.models:
             supported = model_modalities(entry.spec)
@@ -539,7 +600,9 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
                     inputs[PROMPT_MODALITY] = precomputed_prompt_inputs(model.keys(PROMPT_MODALITY))
             elif "text" in supported and prompts.num_rows:
                 inputs[PROMPT_MODALITY] = prompts
-            summary.partitions.extend(embed_model(config, storage, run_id, entry, inputs, progress, counters))
+            jobs.append((entry, inputs))
+        for partitions in embed_models(config, storage, run_id, jobs, progress, counters):
+            summary.partitions.extend(partitions)
     finally:
         counters.stop()
     storage.write_json(layout.embed_summary, {

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,26 +236,57 @@ class Embedder:
                          **_error_columns(stages, reasons)})
 
 
-# The last model replica this worker process built for `prepare_and_embed`: (key, embedder). One only,
-# so a worker never holds more than one model, and consecutive batches of a model reuse it.
-_task_replica: tuple[tuple, Embedder] | None = None
+# The model replicas this worker process built for `prepare_and_embed`, most recently used last: at most
+# `keep` of them (embed.models_at_once), so consecutive batches of a model reuse its replica and models
+# embedded at the same time do not rebuild each other's.
+_task_replicas: "OrderedDict[tuple, Embedder]" = OrderedDict()
+
+
+def import_families(specs: list[str]) -> None:
+    """Import what embedding ``specs`` needs (each family's module and the libraries it declares in
+    :attr:`~embedeval.models.family.ModelFamily.imports`), so the first batch a process embeds does not wait
+    for them. Errors are left for the real call to report. Call it from one thread only: two threads
+    importing torchvision and open_clip at once can deadlock on Python's module locks."""
+    import importlib
+
+    from embedeval.pipeline.model_facts import model_family
+
+    for spec in specs:
+        try:
+            for module in model_family(spec).imports:
+                importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the embedding call that follows says what is wrong
+            log.debug("warm-up import for %s failed", spec, exc_info=True)
+
+
+def warm_task_workers(specs: list[str]) -> list[Any]:
+    """With ``embed.replicas: tasks``, the pooled worker processes embed every batch: import the models'
+    families in each of them (one task per CPU) while the driver reads the manifest and hashes. Returns
+    the tasks' refs; nothing waits on them. Ray reuses those processes for the embedding tasks."""
+    import ray
+
+    slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0))))
+    warm = ray.remote(num_cpus=1, max_retries=0)(import_families)
+    return [warm.remote(list(specs)) for _ in range(slots)]
 
 
 def prepare_and_embed(batch: pa.Table, spec: str, storage: Storage | None, limits: MediaLimits, device: str,
                       torch_threads: int | None, *, precision: str = "fp32", device_jpeg: bool = False,
-                      counter: Any | None = None, counter_key: str = "") -> pa.Table:
+                      counter: Any | None = None, counter_key: str = "", keep: int = 1) -> pa.Table:
     """Prepare and embed one batch as a plain Ray task (``embed.replicas: tasks``): the cluster's pooled
     worker processes serve every model in turn, so no actor process starts (and imports torch) per model.
 
     The same rows out as :class:`ImagePreparer` then :class:`Embedder` with the same arguments: the
     preparer reuses the cached replica's own preprocessing (its uint8 split where it has one, the device
-    decoding JPEGs with ``device_jpeg``), and ``precision`` is the plan's, as on the actor path."""
-    global _task_replica
+    decoding JPEGs with ``device_jpeg``), and ``precision`` is the plan's, as on the actor path. The process
+    keeps its ``keep`` most recently used replicas."""
     key = (spec, device, torch_threads)
-    if _task_replica is None or _task_replica[0] != key:
-        _task_replica = None   # free the previous model before building the next
-        _task_replica = (key, Embedder(spec, storage, device, torch_threads))
-    embedder = _task_replica[1]
+    embedder = _task_replicas.pop(key, None)
+    if embedder is None:
+        while len(_task_replicas) >= max(1, keep):
+            _task_replicas.popitem(last=False)   # free the least recently used before building the next
+        embedder = Embedder(spec, storage, device, torch_threads)
+    _task_replicas[key] = embedder
     # this call's, not those of the call that built the replica
     embedder.precision, embedder.limits = precision, limits
     embedder.counter, embedder.counter_key = counter, counter_key

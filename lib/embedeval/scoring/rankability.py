@@ -263,7 +263,9 @@ def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, se
     """Bootstrap over test items of the mean (over fits) tau-b and pairwise accuracy, on the same resamples.
 
     As :func:`mean_spearman_interval`: with more than ``max_units`` items an m-out-of-n bootstrap (the
-    spread around the full-sample value shrunk by sqrt(m / n)). Cost O(resamples x fits x m log m).
+    spread around the full-sample value shrunk by sqrt(m / n)). Cost O(resamples x fits x m log m); up to
+    :data:`_PAIRWISE_MAX_N` items O(resamples x fits x n^2) in batched matrix products (:class:`_PairSigns`,
+    the same bits).
     ``full_rows``: the caller's ``kendall_rows(projections, y)``, so the full-sample values are not
     computed twice (O(fits x n log n), the largest single cost at a million test items)."""
     none = (Interval(None, None), Interval(None, None))
@@ -273,12 +275,20 @@ def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, se
     m = max_units if max_units is not None and n > max_units >= 3 else n
     rng = np.random.default_rng(seed)
     stats = np.full((resamples, 2), np.nan)
+    small = n <= _PAIRWISE_MAX_N and np.isfinite(projections).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)                       # all-NaN resamples -> NaN, dropped
-        for r in range(resamples):
-            idx = rng.integers(0, n, size=m)
-            tau, acc = kendall_rows(projections[:, idx], y[idx])
-            stats[r] = np.nanmean(tau), np.nanmean(acc)
+        if small:
+            pairs = _PairSigns(projections, y)
+            step = max(1, _BATCH_CELLS // (n * max(1, projections.shape[0])))
+            for lo in range(0, resamples, step):
+                idx = rng.integers(0, n, size=(min(step, resamples - lo), m))
+                stats[lo:lo + idx.shape[0]] = pairs.resampled_means(idx)
+        else:
+            for r in range(resamples):
+                idx = rng.integers(0, n, size=m)
+                tau, acc = kendall_rows(projections[:, idx], y[idx])
+                stats[r] = np.nanmean(tau), np.nanmean(acc)
         if m == n:
             return percentile_interval(stats[:, 0], confidence), percentile_interval(stats[:, 1], confidence)
         full = np.nanmean(np.vstack(full_rows if full_rows is not None else kendall_rows(projections, y)), axis=1)
@@ -288,6 +298,56 @@ def kendall_intervals(projections: np.ndarray, y: np.ndarray, resamples: int, se
         ok = spread.low is not None and spread.high is not None and np.isfinite(full[j])
         out.append(Interval(full[j] + spread.low, full[j] + spread.high) if ok else Interval(None, None))
     return out[0], out[1]
+
+
+class _PairSigns:
+    """The pair signs of n items (n <= :data:`_PAIRWISE_MAX_N`), so that a bootstrap resample's tau-b and
+    pairwise accuracy come from its item counts instead of its n^2 pair differences.
+
+    A resample drawing item i w_i times has, over its pairs of positions, C - D = w^T S w / 2 with
+    S_ij = sign(x_i - x_j) sign(y_i - y_j), and (w^T E w - m) / 2 pairs tied in x, with E_ij = [x_i == x_j]
+    (an item drawn twice ties with itself). These are the integers :func:`kendall_rows` counts on the
+    resampled values (sums of small integers in float64: exact), put through the same float operations,
+    so the statistics are the same bits. Memory O(fits x n^2) float64 (4 MB a fit at n = 512)."""
+
+    def __init__(self, projections: np.ndarray, y: np.ndarray) -> None:
+        y = np.asarray(y, dtype=np.float64)
+        dy = np.sign(y[:, None] - y[None, :])
+        self.fits = projections.shape[0]
+        self.tie_y = (dy == 0).astype(np.float64)
+        dx = np.sign(projections[:, :, None] - projections[:, None, :])           # (fits, n, n)
+        self.concord = dx * dy
+        self.tie_x = (dx == 0).astype(np.float64)
+
+    def resampled_means(self, idx: np.ndarray) -> np.ndarray:
+        """(b, 2): per resample (a row of ``idx``, item indices), the mean over fits of tau-b and pairwise
+        accuracy, NaN where undefined (as ``np.nanmean`` of :func:`kendall_rows` on the resampled values)."""
+        b, m = idx.shape
+        n = self.tie_y.shape[0]
+        w = np.zeros((b, n))
+        np.add.at(w, (np.repeat(np.arange(b), m), idx.ravel()), 1.0)
+        tot = m * (m - 1) // 2
+        n0 = m * (m - 1) / 2.0
+        n_y = ((w @ self.tie_y * w).sum(axis=1) - m) / 2.0                      # (b,) pairs tied in y
+        tau = np.full((b, self.fits), np.nan)
+        acc = np.full((b, self.fits), np.nan)
+        for f in range(self.fits):
+            con_minus_dis = np.rint((w @ self.concord[f] * w).sum(axis=1) / 2.0).astype(np.int64)
+            row_ties = np.rint(((w @ self.tie_x[f] * w).sum(axis=1) - m) / 2.0).astype(np.int64)
+            defined = n0 - n_y > 0
+            varies = defined & (row_ties < tot)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tau[varies, f] = np.clip(con_minus_dis[varies] / np.sqrt(tot - row_ties[varies])
+                                         / np.sqrt(tot - n_y[varies].astype(np.int64)), -1.0, 1.0)
+                n_x = row_ties.astype(np.float64)
+                constant = defined & (n0 - n_x <= 0)
+                acc[constant, f] = 0.5
+                concordance = tau[:, f] * np.sqrt((n0 - n_x) * (n0 - n_y))
+                rest = defined & ~constant
+                acc[rest, f] = (0.5 + concordance / (2.0 * (n0 - n_y)))[rest]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)                   # all-NaN resamples -> NaN
+            return np.column_stack([np.nanmean(tau, axis=1), np.nanmean(acc, axis=1)])
 
 
 def score_rankability(ctx: TaskContext, emb: ModalityEmbeddings) -> list[ScoreRow]:
