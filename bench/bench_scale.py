@@ -238,7 +238,8 @@ def start_cluster(nodes: int, object_store_mb: int) -> object:
 
 
 def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None, nodes: int = 1,
-               object_store_mb: int = 256, kmeans_fit_sample: int | None = None) -> dict[str, object]:
+               object_store_mb: int = 256, kmeans_fit_sample: int | None = None,
+               tasks: list[str] | None = None) -> dict[str, object]:
     import pyarrow.parquet as pq
     import ray
 
@@ -248,7 +249,8 @@ def run_scores(root: Path, n: int, sample: int | None, label_sample: int | None,
 
     settings = ScoreSettings(caption_max_queries=sample, label_max_queries=label_sample or sample,
                              ambiguity_max_items=sample, kmeans_fit_sample=kmeans_fit_sample,
-                             options={"probes": {"knn_max_test": sample}})
+                             options={"probes": {"knn_max_test": sample}},
+                             **({"tasks": tasks} if tasks else {}))
     manifest = pq.read_table(root / "manifest.parquet")
     categories = json.loads((root / "categories.json").read_text())
     cluster = None
@@ -415,6 +417,8 @@ def main() -> None:
     p.add_argument("--object-store-mb", type=int, default=256, help="each cluster node's object store cap")
     p.add_argument("--kmeans-fit-sample", type=int, default=None,
                    help="fit k-means centroids on a seeded sample of this many items (every item assigned exactly)")
+    p.add_argument("--tasks", nargs="*", default=None,
+                   help="score only these tasks (default: every task), e.g. --tasks rankability")
     args = p.parse_args()
     for n in args.items:
         root = Path(args.work_dir) / f"n{n}"
@@ -423,10 +427,11 @@ def main() -> None:
             root.mkdir(parents=True, exist_ok=True)
             generate(root, n)
             print(f"generated N = {n:,} in {time.perf_counter() - t0:.0f} s under {root}", flush=True)
-        results = [run_scores(root, n, args.sample, args.label_sample, kmeans_fit_sample=args.kmeans_fit_sample)]
+        results = [run_scores(root, n, args.sample, args.label_sample, kmeans_fit_sample=args.kmeans_fit_sample,
+                              tasks=args.tasks)]
         if args.nodes > 1:
             results.append(run_scores(root, n, args.sample, args.label_sample, args.nodes, args.object_store_mb,
-                                      args.kmeans_fit_sample))
+                                      args.kmeans_fit_sample, args.tasks))
         for result in results:
             report(result)
             if args.json:

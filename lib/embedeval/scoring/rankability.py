@@ -350,6 +350,23 @@ class _PairSigns:
             return np.column_stack([np.nanmean(tau, axis=1), np.nanmean(acc, axis=1)])
 
 
+FitStatistics = tuple[np.ndarray, np.ndarray, np.ndarray, Interval, Interval, Interval]
+
+
+def fit_statistics(projections: np.ndarray, y: np.ndarray, resamples: int, seed: int, kendall_seed: int,
+                   confidence: float, max_units: int | None) -> FitStatistics:
+    """Per fitted axis (rows of ``projections``, (fits, n) on the test items): Spearman, tau-b and pairwise
+    accuracy with y, and the bootstrap intervals of their means over fits (:func:`mean_spearman_interval`,
+    :func:`kendall_intervals`). One fit's whole job, so fits run as tasks side by side (the bootstraps
+    were most of rankability's time at a million test items, on the driver alone). Memory O(fits x n)."""
+    r = _pearson_rows(rankdata(projections, axis=1), rankdata(y)[None, :])
+    tau, acc = kendall_rows(projections, y)
+    ci = mean_spearman_interval(projections, y, resamples, seed, confidence, max_units=max_units)
+    ci_tau, ci_acc = kendall_intervals(projections, y, resamples, kendall_seed, confidence, max_units=max_units,
+                                       full_rows=(tau, acc))
+    return r, tau, acc, ci, ci_tau, ci_acc
+
+
 def score_rankability(ctx: TaskContext, emb: ModalityEmbeddings) -> list[ScoreRow]:
     """spearman, kendall_tau_b and pairwise_accuracy rows for every attribute x fit of one modality
     (one vector per item)."""
@@ -404,7 +421,6 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
     counts = f"train={int(train.sum())} test={int(test.sum())}"
     out: list[ScoreRow] = []
     fits: list[tuple[str, np.ndarray, float, int | None, str | None]] = []
-    y_ranks = rankdata(y_test)
 
     def emit(fit: str, axes: np.ndarray, seconds: float, k: int | None = None, note: str | None = None) -> None:
         fits.append((fit, np.atleast_2d(axes), seconds, k, note))
@@ -414,21 +430,23 @@ def _score_attribute(ctx: TaskContext, emb: ModalityEmbeddings, name: str) -> li
         stacked = np.vstack([axes for _, axes, _, _, _ in fits])
         with stopwatch() as t:
             all_proj = project(x_test, stacked, ctx.runner)
-        at = 0
-        for fit, axes, seconds, k, note in fits:
-            proj = all_proj[at:at + axes.shape[0]]
+        calls, at = [], 0
+        for fit, axes, _, k, _ in fits:
+            calls.append((all_proj[at:at + axes.shape[0]], y_test, s.bootstrap_resamples,
+                          derive_seed(s.seed, TASK, name, fit, k), derive_seed(s.seed, TASK, name, fit, k, "kendall"),
+                          s.confidence, s.bootstrap_max_units))
             at += axes.shape[0]
-            _emit_row(fit, proj, seconds + t[0] * axes.shape[0] / stacked.shape[0], k, note)
+        # each fit's statistics and bootstrap intervals are one call: tasks side by side on Ray
+        stats: dict[int, FitStatistics] = {}
+        with stopwatch() as t_stats:
+            for i, value in ctx.runner.map_calls(fit_statistics, calls):
+                stats[i] = value
+        for i, (fit, axes, seconds, k, note) in enumerate(fits):
+            share = axes.shape[0] / stacked.shape[0]
+            _emit_row(fit, stats[i], seconds + (t[0] + t_stats[0]) * share, k, note)
 
-    def _emit_row(fit: str, proj: np.ndarray, seconds: float, k: int | None, note: str | None) -> None:
-        r = _pearson_rows(rankdata(proj, axis=1), y_ranks[None, :])
-        tau, acc = kendall_rows(proj, y_test)
-        ci = mean_spearman_interval(proj, y_test, s.bootstrap_resamples,
-                                    derive_seed(s.seed, TASK, name, fit, k), s.confidence,
-                                    max_units=s.bootstrap_max_units)
-        ci_tau, ci_acc = kendall_intervals(proj, y_test, s.bootstrap_resamples,
-                                           derive_seed(s.seed, TASK, name, fit, k, "kendall"), s.confidence,
-                                           max_units=s.bootstrap_max_units, full_rows=(tau, acc))
+    def _emit_row(fit: str, stats: "FitStatistics", seconds: float, k: int | None, note: str | None) -> None:
+        r, tau, acc, ci, ci_tau, ci_acc = stats
         if y_test.size > s.bootstrap_max_units:
             note = join_notes(note, f"interval: m-out-of-n bootstrap, m={s.bootstrap_max_units}")
         for metric, values, interval in (("spearman", r, ci), ("kendall_tau_b", tau, ci_tau),
