@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from embedeval.config import parse_config
@@ -169,6 +170,34 @@ def test_outage_from_the_start_fails_fast_naming_the_root(corpus, s3_server,  # 
     assert time.monotonic() - started < 60
     assert s3_server.secret_key not in str(info.value)
     assert fault_proxy.stats.forwarded == 0
+
+
+def test_a_body_cut_off_after_its_headers_is_read_again(s3_options, s3_server,  # noqa: ANN001
+                                                        fault_proxy: S3FaultProxy,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole-object read is tried again on a transient error: the SDK retries a request whose answer
+    fails, but not a Parquet body cut off mid-stream ("Failed to flush response stream", seen once in the
+    flaky embed run above, on the driver's read-back of a written part). The SDK's own retries are off
+    here (max_attempts=1), so each cut reaches the storage layer."""
+    import embedeval.io.storage as storage_module
+
+    direct = Storage("s3://test/faults-cut", s3_options)
+    table = pa.table({"id": [f"item-{i}" for i in range(2000)], "x": np.arange(2000.0)})
+    direct.write_parquet("t.parquet", table)
+    direct.write_bytes("m.json", b'{"ok": true}')
+    through = Storage("s3://test/faults-cut", _proxied(fault_proxy, s3_server, max_attempts=1))
+    for read in (lambda: through.read_parquet(["t.parquet"]).equals(table),
+                 lambda: through.read_json("m.json") == {"ok": True}):
+        fault_proxy.fail_next(1, "reset_mid")
+        assert read()
+    fault_proxy.flaky(rate=0.0, kinds=("reset_mid",), rate_by_method={"GET": 1.0})   # every GET cut off
+    with pytest.raises(StorageError, match="t.parquet"):
+        through.read_parquet(["t.parquet"])                 # a lasting fault: one line naming the file
+    fault_proxy.clean()
+    monkeypatch.setattr(storage_module, "BODY_READ_ATTEMPTS", 1)   # without the read's own retry: fails
+    fault_proxy.fail_next(1, "reset_mid")
+    with pytest.raises(StorageError, match="m.json"):
+        through.read_json("m.json")
 
 
 def test_read_committed_through_a_flaky_store(s3_options, s3_server,  # noqa: ANN001

@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +34,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from embedeval.errors import EmbedevalError
+
+log = logging.getLogger(__name__)
 
 # S3-compatible servers other than AWS (rclone's in particular) reject the newer default request
 # checksums of the AWS SDKs (rclone answers a checksummed PutObject with 411 MissingContentLength and a
@@ -55,6 +59,11 @@ class StorageError(EmbedevalError, RuntimeError):
 _TRANSIENT_MARKERS = ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "REQUEST_TIMEOUT",
                       "NETWORK_CONNECTION", "curlCode", "HTTP status 500", "HTTP status 502", "HTTP status 503",
                       "HTTP status 504", "Connection reset", "timed out")
+
+
+# Whole-object reads (a Parquet file, a JSON marker) tried this many times on a transient error, on top of
+# the SDK's own retries of each request (see Storage._read_call).
+BODY_READ_ATTEMPTS = 3
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -273,7 +282,7 @@ class Storage:
     # --- reads -------------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
         # The GET happens in read(), so the whole read goes through _call to name the URI on failure.
-        return self._call(self._get_object, self.path(rel))
+        return self._read_call(self._get_object, self.path(rel))
 
     def _get_object(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
@@ -283,7 +292,7 @@ class Storage:
         return json.loads(self.read_bytes(rel).decode("utf-8"))
 
     def read_parquet(self, rels: list[str], columns: list[str] | None = None) -> pa.Table:
-        tables = [self._call(pq.read_table, self.path(r), columns=columns, filesystem=self.fs) for r in rels]
+        tables = [self._read_call(pq.read_table, self.path(r), columns=columns, filesystem=self.fs) for r in rels]
         return pa.concat_tables(tables) if tables else pa.table({})
 
     # --- writes ------------------------------------------------------------------------------------
@@ -378,6 +387,20 @@ class Storage:
         info = self._call(self.fs.get_file_info, bucket)
         if info.type == pafs.FileType.NotFound:
             self._call(self.fs.create_dir, bucket)
+
+    def _read_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`_call` for a whole-object read, tried again on a transient S3 error (up to
+        :data:`BODY_READ_ATTEMPTS` times, short backoff). The SDK retries a request whose answer fails, but
+        not a body cut off after the headers ("Failed to flush response stream"), and a read is safe to repeat."""
+        for attempt in range(BODY_READ_ATTEMPTS):
+            try:
+                return self._call(fn, *args, **kwargs)
+            except StorageError as exc:
+                if attempt + 1 >= BODY_READ_ATTEMPTS or not self.is_s3 or not is_transient_error(exc):
+                    raise
+                log.info("retrying a read after a transient error: %s", exc)
+                time.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
