@@ -63,7 +63,6 @@ from embedeval.pipeline.stages import (
     PartitionTarget,
     default_torch_threads,
     hash_media,
-    import_families,
     prepare_and_embed,
     warm_task_workers,
     write_partition_files,
@@ -523,8 +522,8 @@ def embed_models(config: RunConfig, storage: Storage, run_id: str, jobs: list[tu
     """:func:`embed_model` for every (model, inputs) of ``jobs``, their summaries in the same order.
 
     One model after another, or ``embed.models_at_once`` of them at a time (``replicas: tasks``): each
-    model's pipeline then runs in a driver thread, and their fixed costs (pipeline start, model builds,
-    the driver's model descriptions) overlap instead of adding up. Every model runs to its end; the first
+    model's pipeline then runs in a driver thread, and their fixed costs (pipeline start, the workers'
+    model builds and imports) overlap instead of adding up. Every model runs to its end; the first
     error (in config order) is raised after all have finished, so a failing model stops no other's commit.
     """
     at_once = min(config.embed.models_at_once, len(jobs)) if config.embed.replicas == "tasks" else 1
