@@ -22,11 +22,11 @@ import posixpath
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from embedeval.errors import EmbedevalError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # S3-compatible servers other than AWS (rclone's in particular) reject the newer default request
 # checksums of the AWS SDKs (rclone answers a checksummed PutObject with 411 MissingContentLength and a
@@ -64,6 +65,21 @@ _TRANSIENT_MARKERS = ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "T
 # Whole-object reads (a Parquet file, a JSON marker) tried this many times on a transient error, on top of
 # the SDK's own retries of each request (see Storage._read_call).
 BODY_READ_ATTEMPTS = 3
+
+
+def retry_transient(call: Callable[[], T], attempts: int, pause_s: float,
+                    transient: Callable[[BaseException], bool]) -> T:
+    """``call()``, tried up to ``attempts`` times while it raises an exception ``transient`` accepts, with
+    a pause of ``pause_s`` doubling after each try; the last such exception, or any other, propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt >= attempts or not transient(exc):
+                raise
+            log.info("retrying after a transient error (attempt %d of %d): %s", attempt, attempts, exc)
+            time.sleep(pause_s * 2 ** (attempt - 1))
+    raise ValueError(f"retry_transient: attempts must be at least 1, got {attempts}")
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -392,15 +408,8 @@ class Storage:
         """:meth:`_call` for a whole-object read, tried again on a transient S3 error (up to
         :data:`BODY_READ_ATTEMPTS` times, short backoff). The SDK retries a request whose answer fails, but
         not a body cut off after the headers ("Failed to flush response stream"), and a read is safe to repeat."""
-        for attempt in range(BODY_READ_ATTEMPTS):
-            try:
-                return self._call(fn, *args, **kwargs)
-            except StorageError as exc:
-                if attempt + 1 >= BODY_READ_ATTEMPTS or not self.is_s3 or not is_transient_error(exc):
-                    raise
-                log.info("retrying a read after a transient error: %s", exc)
-                time.sleep(0.2 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        return retry_transient(lambda: self._call(fn, *args, **kwargs), BODY_READ_ATTEMPTS, 0.2,
+                               lambda exc: self.is_s3 and is_transient_error(exc))
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from embedeval.io.storage import Storage, is_s3_uri, is_transient_error, locate
+from embedeval.io.storage import Storage, is_s3_uri, is_transient_error, locate, retry_transient
 
 # Serialises the swaps of PIL's process-wide settings in _pil_limits between threads of one process.
 _PIL_SETTINGS_LOCK = threading.RLock()
@@ -69,15 +68,12 @@ class MediaReader:
         return fs, path
 
     def read_bytes(self, uri: str) -> bytes:
-        attempt = 1
-        while True:
-            try:
-                return self._read_bytes_once(uri)
-            except _TransientReadError as exc:
-                if attempt >= self.read_attempts:
-                    raise BadItem("read", f"cannot read {uri} (after {attempt} attempts): {str(exc)[:300]}") from None
-                time.sleep(self.retry_pause_s * 2 ** (attempt - 1))
-                attempt += 1
+        try:
+            return retry_transient(lambda: self._read_bytes_once(uri), self.read_attempts, self.retry_pause_s,
+                                   lambda exc: isinstance(exc, _TransientReadError))
+        except _TransientReadError as exc:
+            raise BadItem("read", f"cannot read {uri} (after {self.read_attempts} attempts): "
+                                  f"{str(exc)[:300]}") from None
 
     def _read_bytes_once(self, uri: str) -> bytes:
         fs, path = self._fs(uri)
