@@ -30,7 +30,7 @@ from embedeval.engine.sources import BlockSource, Centred
 from embedeval.engine.tiles import query_rows, reduce_blocks
 from embedeval.metrics import retrieval as rm
 from embedeval.scoring.bootstrap import (bootstrap_gathered, bootstrap_mean, derive_seed, percentile_interval,
-                                         resampled_means)
+                                         resampled_means, seeded_sample)
 from embedeval.scoring.context import ModalityEmbeddings, ScoringError, TaskContext, join_notes, stopwatch
 from embedeval.scoring.parts import UnitResult
 from embedeval.scoring.per_item import concat_per_item, ids_of, per_item_table
@@ -89,8 +89,8 @@ def caption_ranks(ctx: TaskContext, queries: ModalityEmbeddings, gallery: Modali
     keep = np.flatnonzero(has)
     sampled_from = keep.size
     if s.caption_max_queries is not None and keep.size > s.caption_max_queries:
-        rng = np.random.default_rng(derive_seed(s.seed, TASK, f"{queries.modality}->{gallery.modality}", "queries"))
-        keep = np.sort(keep[rng.choice(keep.size, size=s.caption_max_queries, replace=False)])
+        keep = keep[seeded_sample(keep.size, s.caption_max_queries,
+                                  derive_seed(s.seed, TASK, f"{queries.modality}->{gallery.modality}", "queries"))]
     if keep.size == 0:
         result = CaptionRanks(np.zeros(0, dtype=np.int64), int((~has).sum()), 0, keep)
     else:
@@ -266,8 +266,7 @@ def _label_split(ctx: TaskContext, direction: str, split: str, queries: Modality
     if s.label_max_queries is not None and pick.size > s.label_max_queries:
         # Exact ranks over the whole gallery cost O(queries x gallery); a seeded uniform sample of queries
         # keeps every number exact for the queries it covers, and n and the note say how many.
-        rng = np.random.default_rng(derive_seed(s.seed, TASK, direction, split, "queries"))
-        sample = np.sort(rng.choice(pick.size, size=s.label_max_queries, replace=False))
+        sample = seeded_sample(pick.size, s.label_max_queries, derive_seed(s.seed, TASK, direction, split, "queries"))
         note = join_notes(f"{s.label_max_queries} of {pick.size} queries sampled (seeded)", note)
         params = {"queries": int(s.label_max_queries), "seed": s.seed}
         pick = pick[sample]
