@@ -261,8 +261,9 @@ def import_families(specs: list[str]) -> None:
 
 def warm_task_workers(specs: list[str]) -> list[Any]:
     """With ``embed.replicas: tasks``, the pooled worker processes embed every batch: import the models'
-    families in each of them (one task per CPU) while the driver reads the manifest and hashes. Returns
-    the tasks' refs; nothing waits on them. Ray reuses those processes for the embedding tasks."""
+    families in each of them (one task per CPU) while the driver builds the prompts and describes the
+    models. Returns the tasks' refs; nothing waits on them. Ray reuses those processes for the embedding
+    tasks."""
     import ray
 
     slots = max(1, int(float(ray.cluster_resources().get("CPU", 1.0))))

@@ -329,12 +329,12 @@ class _PairSigns:
         tot = m * (m - 1) // 2
         n0 = m * (m - 1) / 2.0
         n_y = ((w @ self.tie_y * w).sum(axis=1) - m) / 2.0                      # (b,) pairs tied in y
+        defined = n0 - n_y > 0                                                  # y varies in the resample
         tau = np.full((b, self.fits), np.nan)
         acc = np.full((b, self.fits), np.nan)
         for f in range(self.fits):
             con_minus_dis = np.rint((w @ self.concord[f] * w).sum(axis=1) / 2.0).astype(np.int64)
             row_ties = np.rint(((w @ self.tie_x[f] * w).sum(axis=1) - m) / 2.0).astype(np.int64)
-            defined = n0 - n_y > 0
             varies = defined & (row_ties < tot)
             with np.errstate(invalid="ignore", divide="ignore"):
                 tau[varies, f] = np.clip(con_minus_dis[varies] / np.sqrt(tot - row_ties[varies])
@@ -358,7 +358,8 @@ def fit_statistics(projections: np.ndarray, y: np.ndarray, resamples: int, seed:
     """Per fitted axis (rows of ``projections``, (fits, n) on the test items): Spearman, tau-b and pairwise
     accuracy with y, and the bootstrap intervals of their means over fits (:func:`mean_spearman_interval`,
     :func:`kendall_intervals`). One fit's whole job, so fits run as tasks side by side (the bootstraps
-    were most of rankability's time at a million test items, on the driver alone). Memory O(fits x n)."""
+    were most of rankability's time at a million test items, on the driver alone). Memory O(fits x n), and
+    O(fits x n^2) up to :data:`_PAIRWISE_MAX_N` items (:class:`_PairSigns`)."""
     r = _pearson_rows(rankdata(projections, axis=1), rankdata(y)[None, :])
     tau, acc = kendall_rows(projections, y)
     ci = mean_spearman_interval(projections, y, resamples, seed, confidence, max_units=max_units)
