@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from embedeval.engine import ranks
 from embedeval.engine.exact import canonical_scores
 from embedeval.engine.ranks import NO_POSITIVE, best_positive_rank, positive_ranks
 from embedeval.engine.runner import LocalRunner, TileRunner
@@ -79,6 +80,46 @@ def test_float32_and_float64_tiles_agree(rng: np.random.Generator, unit: Callabl
     pos = np.flatnonzero(gl == 0)
     best = best_positive_rank(Q, G, np.arange(21) * pos.size, np.tile(pos, 20), block_size=8, runner=LocalRunner())
     assert np.array_equal(best, [r[0] for r in want])
+
+
+def many_positives(rng: np.random.Generator, unit: Callable[..., np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Queries with 60-140 positives each (the sorted counting and float64 tiles), with exact duplicates
+    in the gallery (tied thresholds, and windows that hold more than the positive itself)."""
+    Q, G = unit(rng, 30, 12), unit(rng, 400, 12)
+    G[200:230] = G[0:30]  # duplicates of items of every class
+    Q[:3] = G[[5, 17, 230 - 30 + 2]]  # queries equal to gallery items (their own score ties)
+    ql = rng.integers(0, 3, 30)
+    gl = rng.integers(0, 3, 400)
+    return Q, G, ql, gl
+
+
+@pytest.mark.parametrize("block_size", [16, 100])
+@pytest.mark.parametrize("slab_elements", [1, 37, 1 << 22])
+def test_queries_with_hundreds_of_positives_match_brute_force(rng: np.random.Generator,
+                                                              unit: Callable[..., np.ndarray],
+                                                              monkeypatch: pytest.MonkeyPatch, block_size: int,
+                                                              slab_elements: int) -> None:
+    # Slabs of one row, a few rows and the whole chunk: every way of cutting the sorted counting.
+    monkeypatch.setattr(ranks, "_SORTED_SLAB_ELEMENTS", slab_elements)
+    Q, G, ql, gl = many_positives(rng, unit)
+    got = positive_ranks(Q, G, ql, gl, block_size=block_size, runner=LocalRunner())
+    assert got.n_relevant.min() >= ranks._SORTED_COUNT_FROM_POSITIVES
+    want = brute_ranks(Q, G, ql[:, None] == gl[None, :])
+    for i in range(len(Q)):
+        assert np.array_equal(got.ranks_of(i), want[i])
+
+
+def test_positive_scores_of_one_code_in_several_product_batches(rng: np.random.Generator,
+                                                                unit: Callable[..., np.ndarray],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # One query per product batch: the batches of a code must all see that code's original gallery rows
+    # (a batch once wrote its products over them, so every later batch scored the wrong vectors).
+    monkeypatch.setattr(ranks, "_GROUP_ELEMENTS", 1)
+    Q, G, ql, gl = many_positives(rng, unit)
+    got = positive_ranks(Q, G, ql, gl, block_size=100, runner=LocalRunner())
+    want = brute_ranks(Q, G, ql[:, None] == gl[None, :])
+    for i in range(len(Q)):
+        assert np.array_equal(got.ranks_of(i), want[i])
 
 
 def test_tie_convention_lower_gallery_index_first(rng: np.random.Generator) -> None:

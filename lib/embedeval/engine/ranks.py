@@ -205,7 +205,9 @@ def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Releva
     that lie in its gallery block (canonical float64), the driver sorts them into thresholds; (2) each
     tile counts, per query, how many of its block's items beat each threshold (integer states, merged
     by addition). Groups keep at most ``_THRESHOLDS_PER_GROUP`` thresholds on the driver. Memory: driver
-    O(queries + thresholds of a group); task O(chunk x d + block x d + chunk x RANK_TILE_COLUMNS).
+    O(queries + thresholds of a group); task O(chunk x d + block x d + chunk x RANK_TILE_COLUMNS), and
+    for queries with many positives O(chunk x d + 3 x block x d + 2 x ``_SORTED_SLAB_ELEMENTS``) (the block
+    in float64, a slab of the tile and its sorted copy).
     ``best_only``: one rank per query that has a match (``RankLists`` with lengths 0/1).
     """
     chunk_rows = check_block_size(chunk_rows)
@@ -290,8 +292,9 @@ def positive_scores_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg
     return rows, cols + g_lo, scores
 
 
-# Elements (queries x positives x d) of one float64 product batch in ``_positive_scores_by_code``.
-_GROUP_ELEMENTS = 1 << 22
+# Elements (queries x positives x d) of one float64 product batch in ``_positive_scores_by_code``: 2 MiB,
+# so the products are summed while they are still in cache (a 32 MiB batch took twice as long).
+_GROUP_ELEMENTS = 1 << 18
 # Below this many queries per code on average, positives are scored pair by pair rather than per code.
 _FLAT_BELOW_QUERIES_PER_CODE = 4
 
@@ -330,7 +333,9 @@ def _positive_scores_by_code(q: np.ndarray, g: np.ndarray, g_lo: int, q_codes: n
     for s0, s1 in zip(starts, ends):
         rows = order[s0:s1]
         cols = np.flatnonzero(g_codes == codes[s0]).astype(np.int64)
-        gp = np.asarray(g[cols], dtype=np.float64)[None, :, :]
+        # (positives, d), never the product's (queries, positives, d) shape, so ``_row_dots`` does not
+        # write its products over it: it is reused by every batch of this code's queries.
+        gp = np.asarray(g[cols], dtype=np.float64)
         step = max(1, _GROUP_ELEMENTS // max(1, cols.size * d))
         for c in range(0, rows.size, step):
             rr = rows[c:c + step]
@@ -368,14 +373,14 @@ def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tup
     else:
         ex_rows = ex_cols = np.zeros(0, np.int64)
     sorted_counts = int(thr.lengths.max()) >= _SORTED_COUNT_FROM_POSITIVES if thr.lengths.size else False
+    if sorted_counts:
+        _count_sorted_block(thr, qd, g, g_lo, eps, above_all, hist, q, ex_rows, ex_cols)
+        return above_all, hist
     for c0 in range(0, w, tile_columns):
         c1 = min(w, c0 + tile_columns)
         tile = matmul_t(qd, np.asarray(g[c0:c1], dtype=dtype))
         inside = (ex_cols >= c0) & (ex_cols < c1)
         tile[ex_rows[inside], ex_cols[inside] - c0] = -np.inf
-        if sorted_counts:
-            _count_sorted(thr, tile, eps, above_all, hist, q, g, g_lo, c0)
-            continue
         above_all += np.count_nonzero(tile > hi[:, None], axis=1)
         mid = (tile >= lo[:, None]) & (tile <= hi[:, None])
         flat = np.flatnonzero(mid)
@@ -386,10 +391,39 @@ def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tup
     return above_all, hist
 
 
-def _count_sorted(thr: "_Thresholds", tile: np.ndarray, eps: np.ndarray, above_all: np.ndarray, hist: np.ndarray,
-                  q: np.ndarray, g: np.ndarray, g_lo: int, c0: int) -> None:
-    """The counting (tile = columns ``c0:`` of gallery block ``g``, which starts at row ``g_lo``) of ``rank_count_tile`` for queries with many positives: sort each tile row once,
-    then place every threshold's error window [t - eps, t + eps] in it with two binary searches.
+# Elements of one row slab of the sorted counting (slab rows x the whole gallery block): 32 MiB of float64.
+_SORTED_SLAB_ELEMENTS = 1 << 22
+
+
+def _count_sorted_block(thr: "_Thresholds", qd: np.ndarray, g: np.ndarray, g_lo: int, eps: np.ndarray,
+                        above_all: np.ndarray, hist: np.ndarray, q: np.ndarray, ex_rows: np.ndarray,
+                        ex_cols: np.ndarray) -> None:
+    """The sorted counting over the whole gallery block at once, a slab of query rows at a time.
+
+    Each row's fixed cost (two searches of its thresholds, a dozen small array operations) is paid once
+    per gallery block rather than once per ``RANK_TILE_COLUMNS`` columns: with hundreds of thresholds a
+    query, that fixed cost was larger than the row's share of the GEMM. Memory: the block in the tile
+    dtype (w x d) plus two slabs of ``_SORTED_SLAB_ELEMENTS`` (the tile and its sorted copy).
+    """
+    b, w = qd.shape[0], g.shape[0]
+    gd = np.asarray(g, dtype=qd.dtype)
+    slab = max(1, _SORTED_SLAB_ELEMENTS // max(1, w))
+    for r0 in range(0, b, slab):
+        r1 = min(b, r0 + slab)
+        if not thr.lengths[r0:r1].any():
+            continue
+        tile = matmul_t(qd[r0:r1], gd)
+        inside = (ex_rows >= r0) & (ex_rows < r1)
+        tile[ex_rows[inside] - r0, ex_cols[inside]] = -np.inf
+        _count_sorted(thr, tile, r0, eps, above_all, hist, q, g, g_lo)
+
+
+def _count_sorted(thr: "_Thresholds", tile: np.ndarray, r0: int, eps: np.ndarray, above_all: np.ndarray,
+                  hist: np.ndarray, q: np.ndarray, g: np.ndarray, g_lo: int) -> None:
+    """The counting of ``rank_count_tile`` for queries with many positives, on ``tile`` = query rows
+    ``r0:`` of the chunk against all of gallery block ``g`` (which starts at row ``g_lo``): sort each
+    tile row once, then place every threshold's error window [t - eps, t + eps] in it with two binary
+    searches.
 
     Items between two consecutive windows beat exactly the thresholds below them (a histogram bin,
     counted by subtraction); items above the last window beat all of them; items inside a window are
@@ -398,10 +432,9 @@ def _count_sorted(thr: "_Thresholds", tile: np.ndarray, eps: np.ndarray, above_a
     """
     w = tile.shape[1]
     srt = np.sort(tile, axis=1)
-    t_lo = g_lo + c0
-    for r in np.flatnonzero(thr.lengths):
+    for r in r0 + np.flatnonzero(thr.lengths[r0:r0 + tile.shape[0]]):
         t = thr.scores_of(r)
-        row = srt[r]
+        row = srt[r - r0]
         a = np.searchsorted(row, t - eps[r], side="left")
         z = np.searchsorted(row, t + eps[r], side="right")
         above_all[r] += w - z[-1]
@@ -410,19 +443,24 @@ def _count_sorted(thr: "_Thresholds", tile: np.ndarray, eps: np.ndarray, above_a
         occupied = z > a
         if not occupied.any():
             continue
-        # A window holding one item, apart from its neighbours, while its own positive lies in this tile
+        # A window holding one item, apart from its neighbours, while its own positive lies in this block
         # holds that positive (its GEMM value is within eps of its threshold): it beats the m below it.
         idx = thr.index[thr.offset[r]:thr.offset[r + 1]]
         apart = np.ones(t.size, dtype=bool)
         apart[1:] &= a[1:] >= z[:-1]
         apart[:-1] &= z[:-1] <= a[1:]
-        own = (z - a == 1) & apart & (idx >= t_lo) & (idx < t_lo + w)
+        own = (z - a == 1) & apart & (idx >= g_lo) & (idx < g_lo + w)
         hist[thr.bin_offset[r] + np.flatnonzero(own)] += 1
         rest = np.flatnonzero(occupied & ~own)
         if rest.size:
-            positions = np.unique(np.concatenate([np.arange(a[m], z[m]) for m in rest]))
-            cols = np.argsort(tile[r], kind="stable")[positions]
-            bins = _resolve_exactly(thr, np.full(cols.size, r, dtype=np.int64), cols + c0, q, g, g_lo)
+            # The items in those windows, found by value in the unsorted row (window m holds exactly the
+            # row's values in [t_m - eps, t_m + eps]); overlapping windows share items, counted once.
+            values = tile[r - r0]
+            inside = np.zeros(w, dtype=bool)
+            for m in rest:
+                inside |= (values >= t[m] - eps[r]) & (values <= t[m] + eps[r])
+            cols = np.flatnonzero(inside).astype(np.int64)
+            bins = _resolve_exactly(thr, np.full(cols.size, r, dtype=np.int64), cols, q, g, g_lo)
             hist += np.bincount(bins, minlength=hist.size)
 
 

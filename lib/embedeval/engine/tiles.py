@@ -171,6 +171,26 @@ def _tile_call(kernel: Callable[..., Any], queries: BlockSource, chunk: QueryChu
     return kernel(q, chunk.lo, gallery.load(gb), g_lo, chunk_arg, block_arg, **params)
 
 
+# Query chunks whose tiles are interleaved block by block (see ``_chunk_groups``).
+CHUNKS_PER_GROUP = 8
+
+
+def _chunk_groups(chunks: Sequence[QueryChunk]) -> list[list[int]]:
+    """Consecutive chunks of one query block, at most ``CHUNKS_PER_GROUP`` together (indices into chunks).
+
+    ``tile_reduce`` submits a group's tiles gallery block by gallery block, so consecutive tiles share
+    their gallery block (and the group its query block) and a worker's block cache answers them. Chunk
+    by chunk, a gallery of more blocks than the cache holds was read again for every tile.
+    """
+    groups: list[list[int]] = []
+    for ci, chunk in enumerate(chunks):
+        if groups and len(groups[-1]) < CHUNKS_PER_GROUP and chunks[groups[-1][-1]].block == chunk.block:
+            groups[-1].append(ci)
+        else:
+            groups.append([ci])
+    return groups
+
+
 def tile_reduce(kernel: Callable[..., Any], queries: BlockSource, gallery: BlockSource, *,
                 init: Callable[[QueryChunk], Any], merge: Callable[[Any, Any], Any],
                 on_chunk: Callable[[QueryChunk, Any], None], chunk_rows: int,
@@ -186,8 +206,9 @@ def tile_reduce(kernel: Callable[..., Any], queries: BlockSource, gallery: Block
     ``wanted(chunk)`` lists the gallery blocks a chunk needs (default all, e.g. only those holding a
     query's positives). ``block_args[gb]`` is gallery block gb's own argument (placed once, e.g. its
     labels). ``chunks`` runs only those chunks (of ``query_chunks(queries, chunk_rows)``). The kernel
-    is ``kernel(q, q_lo, g, g_lo, chunk_arg, block_arg, **params)``. Tiles are submitted chunk by
-    chunk, so finished chunks leave the driver early.
+    is ``kernel(q, q_lo, g, g_lo, chunk_arg, block_arg, **params)``. Tiles are submitted a group of
+    chunks at a time (``_chunk_groups``: up to ``CHUNKS_PER_GROUP`` chunks of one query block, gallery
+    block by gallery block), so finished chunks leave the driver early; driver memory O(group x state).
     """
     runner = runner or default_runner()
     q_src = runner.place(queries)
@@ -200,18 +221,31 @@ def tile_reduce(kernel: Callable[..., Any], queries: BlockSource, gallery: Block
     buffers: dict[int, dict[int, Any]] = {}
     next_pos: dict[int, int] = {}
 
-    def calls() -> Iterator[tuple[Any, ...]]:
-        for ci, chunk in enumerate(chunks):
-            blocks = sorted(int(b) for b in (wanted(chunk) if wanted is not None else all_blocks))
-            plan.append(blocks)
-            states[ci] = init(chunk)
-            buffers[ci] = {}
-            next_pos[ci] = 0
-            if not blocks:
-                continue
-            arg = runner.put_object(chunk_arg(chunk)) if chunk_arg is not None else None
-            for gb in blocks:
-                yield (kernel, q_src, chunk, g_src, gb, arg, None if placed_args is None else placed_args[gb])
+    # call number -> (chunk, gallery block), known once the lazy generator has produced it
+    index: list[tuple[int, int]] = []
+
+    def indexed_calls() -> Iterator[tuple[Any, ...]]:
+        for group in _chunk_groups(chunks):
+            args: dict[int, Any] = {}
+            for ci in group:
+                blocks = sorted(int(b) for b in (wanted(chunks[ci]) if wanted is not None else all_blocks))
+                plan.append(blocks)
+                states[ci] = init(chunks[ci])
+                buffers[ci] = {}
+                next_pos[ci] = 0
+                if not blocks:  # a chunk with no tile at all finishes at once
+                    finish_ready(ci)
+                elif chunk_arg is not None:
+                    args[ci] = runner.put_object(chunk_arg(chunks[ci]))
+            # Gallery block by gallery block across the group's chunks: a worker's cached gallery block
+            # serves the next chunks' tiles instead of being evicted by the chunk's other blocks.
+            wants = {ci: set(plan[ci]) for ci in group}
+            for gb in sorted(set().union(*wants.values())):
+                for ci in group:
+                    if gb in wants[ci]:
+                        index.append((ci, gb))
+                        yield (kernel, q_src, chunks[ci], g_src, gb, args.get(ci),
+                               None if placed_args is None else placed_args[gb])
 
     def finish_ready(ci: int) -> None:
         blocks = plan[ci]
@@ -222,26 +256,9 @@ def tile_reduce(kernel: Callable[..., Any], queries: BlockSource, gallery: Block
             on_chunk(chunks[ci], states.pop(ci))
             del buffers[ci], next_pos[ci]
 
-    # call number -> (chunk, gallery block), known once the lazy generator has produced it
-    index: list[tuple[int, int]] = []
-
-    def indexed_calls() -> Iterator[tuple[Any, ...]]:
-        done_empty = 0
-        for call in calls():
-            ci = len(plan) - 1
-            while done_empty < ci:  # chunks with no tile at all finish at once
-                if not plan[done_empty] and done_empty in states:
-                    finish_ready(done_empty)
-                done_empty += 1
-            index.append((ci, call[4]))
-            yield call
-
     for i, value in runner.map_calls(_tile_call, indexed_calls(), params):
         ci, gb = index[i]
         buffers[ci][gb] = value
         finish_ready(ci)
-    for ci in list(states):  # trailing chunks without tiles
-        if not plan[ci]:
-            finish_ready(ci)
     if states:
         raise RuntimeError(f"tile driver: {len(states)} query chunk(s) never completed")
