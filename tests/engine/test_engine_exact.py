@@ -32,3 +32,15 @@ def test_gemm_error_bound_holds() -> None:
     canon = canonical_scores(Q, G, qi.ravel(), gi.ravel()).reshape(64, 300)
     norms = np.linalg.norm(Q.astype(np.float64), axis=1)[:, None] * max_row_norm(G)
     assert np.all(np.abs(gemm - canon) <= gemm_error_bound(d, np.float32) * norms)
+
+
+def test_max_row_norm_is_a_tight_upper_bound(rng: np.random.Generator) -> None:
+    # float32 sums of squares, inflated by their error bound: never below the exact largest norm.
+    for scale in (1.0, 1e-3, 37.0):
+        X = (rng.standard_normal((20_000, 512)) * scale).astype(np.float32)
+        X[123] *= 3.0
+        exact = float(np.sqrt(np.max(np.sum(X.astype(np.float64) ** 2, axis=1))))
+        bound = max_row_norm(X, chunk_rows=4096)
+        assert exact <= bound <= exact * (1 + 1e-4)
+        X64 = X.astype(np.float64)
+        assert exact <= max_row_norm(X64) <= exact * (1 + 1e-12)

@@ -13,7 +13,7 @@ import numpy as np
 
 from embedeval.engine.kernels import unit_roundoff
 
-_CHUNK_ELEMENTS = 1 << 22  # rows x d per chunk: 32 MiB of float64
+_CHUNK_ELEMENTS = 1 << 18  # rows x d per chunk: 2 MiB of float64, so products are summed while in cache
 
 
 def canonical_scores(A: np.ndarray, B: np.ndarray, a_rows: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
@@ -70,13 +70,24 @@ def gemm_error_bound(d: int, dtype: np.dtype | type) -> float:
     return 2.0 * (gamma(u) + gamma(u64))
 
 
-def max_row_norm(X: np.ndarray, chunk_rows: int = 65536) -> float:
-    """The largest L2 row norm of X (float64), streaming over row chunks."""
+def max_row_norm(X: np.ndarray, chunk_rows: int = 8192) -> float:
+    """An upper bound on the largest L2 row norm of X, within a relative ``2 gamma_d`` of it.
+
+    Only error bounds use it (``eps = gemm_error_bound * |a| * max |b|``), so it needs to be an upper
+    bound, not exact: the squared norms are summed in float32 (a pass over the block where it lies,
+    instead of a float64 copy of it), and every term being positive, the float32 sum is at most
+    ``gamma_d`` below the exact one; the bound inflates it by twice that. Streams over row chunks.
+    """
+    dtype = np.float64 if X.dtype == np.float64 else np.float32  # float32 rows are summed as they are
     best = 0.0
     for start in range(0, X.shape[0], chunk_rows):
-        x = np.asarray(X[start:start + chunk_rows], dtype=np.float64)
-        best = max(best, float(np.einsum("ij,ij->i", x, x).max()))
-    return float(np.sqrt(best))
+        x = np.asarray(X[start:start + chunk_rows], dtype=dtype)
+        if x.size:
+            best = max(best, float(np.einsum("ij,ij->i", x, x).max()))
+    m = X.shape[1] + 2
+    u = 2.0 ** -24 if dtype == np.float32 else 2.0 ** -53
+    gamma = m * u / (1.0 - m * u)
+    return float(np.sqrt(best * (1.0 + 2.0 * gamma)))
 
 
 def row_norms(X: np.ndarray) -> np.ndarray:
