@@ -72,14 +72,16 @@ load_state() { [ -f "$STATE/cluster.env" ] && . "$STATE/cluster.env"; }
 has_line() { awk -v id="$1" -v text="$2" '$1 == id && index($0, text) { found = 1 } END { exit !found }'; }
 
 # A process group is ours only if it still runs something under our Ray temp dir (pids get reused).
+# `ps -ww`: whole command lines, whatever COLUMNS says (pytest-xdist's workers export COLUMNS=80, and a cut
+# line loses the temp dir).
 ray_running() {
   load_state || return 1
-  [ -n "${RAY_PGID:-}" ] && ps -eo pgid=,args= | has_line "$RAY_PGID" "$STATE/ray"
+  [ -n "${RAY_PGID:-}" ] && ps -ww -eo pgid=,args= | has_line "$RAY_PGID" "$STATE/ray"
 }
 
 rclone_running() {
   load_state || return 1
-  [ -n "${RCLONE_PID:-}" ] && ps -eo pid=,args= | has_line "$RCLONE_PID" "$STATE/s3"
+  [ -n "${RCLONE_PID:-}" ] && ps -ww -eo pid=,args= | has_line "$RCLONE_PID" "$STATE/s3"
 }
 
 secret_file() {  # secret_file NAME CONTENT: write a file only this user can read
@@ -130,6 +132,9 @@ cmd_start() {
     export AWS_ACCESS_KEY_ID="$s3_access" AWS_SECRET_ACCESS_KEY="$s3_secret" EMBEDEVAL_S3_ENDPOINT_URL="$endpoint"
     export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
     export PATH="$PYBIN:$PATH"
+    # Every Ray process of this cluster lives under --temp-dir below; a RAY_TMPDIR inherited from the caller
+    # would send some of them elsewhere (and `stop` finds the cluster's processes by that folder).
+    unset RAY_TMPDIR
     cpus=()
     [ -n "${EMBEDEVAL_CLUSTER_CPUS:-}" ] && cpus=(--num-cpus "$EMBEDEVAL_CLUSTER_CPUS")
     exec setsid "${RAY[@]}" start --head --temp-dir "$STATE/ray" --port "$gcs" "${cpus[@]}" \

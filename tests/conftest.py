@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +18,14 @@ from s3_server import S3Server, start_s3_server  # noqa: E402
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+# pytest-xdist (the README's test command runs two workers): each worker process starts its own in-process Ray.
+# A private RAY_TMPDIR per worker keeps ray.init()'s address discovery (it reads <temp dir>/ray_current_cluster)
+# from attaching one worker to a Ray that another worker's test started, and keeps their session folders apart.
+if os.environ.get("PYTEST_XDIST_WORKER") and "RAY_TMPDIR" not in os.environ:
+    _ray_tmp = tempfile.mkdtemp(prefix=f"ray-{os.environ['PYTEST_XDIST_WORKER']}-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = _ray_tmp
+    atexit.register(shutil.rmtree, _ray_tmp, True)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +60,15 @@ def ray_local() -> Iterator[None]:
         init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with a ``slow`` test first, each module's tests in their own order.
+
+    pytest-xdist (``--dist loadscope``) hands whole modules to its workers in this order as they free up;
+    the longest modules (fault tests, clusters, embed runs) then start at once instead of last, where one of
+    them would run alone on one worker at the end while the other waits idle.
+    """
+    del config
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)

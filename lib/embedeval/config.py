@@ -53,10 +53,12 @@ class EmbedSettings(BaseModel):
     batch_size: int = Field(default=32, gt=0)
     concurrency: int = Field(default=1, gt=0, description="model replicas (actors) per model")
     decode_concurrency: int = Field(default=1, gt=0, description="parallel read/decode/preprocess tasks")
-    replicas: Literal["actors", "tasks"] = Field(
-        default="actors", description="actors: model replicas in an actor pool per model (clusters, GPUs); tasks: "
-                                      "read, decode and embed in plain Ray tasks whose worker processes serve every "
-                                      "model in turn (no process start per model; small CPU-only machines)")
+    replicas: Literal["auto", "actors", "tasks"] = Field(
+        default="auto", description="actors: model replicas in an actor pool per model (clusters, GPUs); tasks: "
+                                    "read, decode and embed in plain Ray tasks whose worker processes serve every "
+                                    "model in turn (no process start per model; small CPU-only machines); auto: "
+                                    "tasks on a Ray of one node without GPUs (in-process Ray, a workstation), "
+                                    "actors on several nodes or with GPUs")
     models_at_once: int = Field(
         default=1, gt=0, description="with replicas: tasks, embed this many models at the same time, so their fixed "
                                      "costs (pipeline start, model build) overlap; each worker process then keeps up "

@@ -1,5 +1,9 @@
 """5% of a catalogue broken in every way we know: quarantined with reasons, counts add up, job finishes and
-scores; the untouched items' vectors equal those of a run on a catalogue without the broken items."""
+scores; the untouched items' vectors equal those of a run on untouched items alone.
+
+One caption per item and open_clip's ViT-S-32-alt (the demo's, with a narrower text tower): the text tower's
+forward passes were most of this test's time, and the broken kinds need a caption each, not three.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from embedeval.workflow import score_from_config
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
-MODELS = ["builtin:pixelstats", {"spec": "open_clip:ViT-S-32:random", "name": "clip"}]
+MODELS = ["builtin:pixelstats", {"spec": "open_clip:ViT-S-32-alt:random", "name": "clip"}]
 
 
 def _config(root: Path, manifest: Path, run_id: str):  # noqa: ANN202
@@ -32,7 +36,7 @@ def _config(root: Path, manifest: Path, run_id: str):  # noqa: ANN202
 
 def test_broken_five_percent(tmp_path: Path) -> None:
     n = 300
-    corpus = write_demo_corpus(tmp_path / "demo", n_items=n)
+    corpus = write_demo_corpus(tmp_path / "demo", n_items=n, captions_per_item=1)
     broken = break_corpus(corpus.root, fraction=0.05, huge_side=2100)
     assert set(broken.kinds.values()) == set(KINDS)   # every kind is present at least once
     broken_summary = embed_run(_config(tmp_path / "out", corpus.manifest, "broken"), echo=lambda _: None)
@@ -63,9 +67,11 @@ def test_broken_five_percent(tmp_path: Path) -> None:
         if part.modality not in ("text", "prompt"):   # captions per item; prompts are no manifest rows
             assert part.embedded + part.quarantined + manifest_q == broken_summary.manifest_rows
 
-    # A run on the catalogue without the broken items gives the same vectors for the untouched items.
+    # A run on untouched items alone (a seeded third of them: each item's vector depends on its own input
+    # only, whatever shares its batch) gives the same vectors for them.
     clean = pq.read_table(corpus.root / "manifest.clean.parquet")
     good = clean.filter(pc.invert(pc.is_in(clean.column("id"), value_set=pl.Series(list(broken.kinds)).to_arrow())))
+    good = good.take(np.sort(np.random.default_rng(0).choice(good.num_rows, size=good.num_rows // 3, replace=False)))
     pq.write_table(good, corpus.root / "manifest.good.parquet")
     embed_run(_config(tmp_path / "out", corpus.root / "manifest.good.parquet", "good"), echo=lambda _: None)
     for model, modality in (("builtin-pixelstats", "image"), ("builtin-pixelstats", "sketch"),

@@ -78,18 +78,29 @@ class FaultSetup:
 
 @pytest.fixture(scope="session")
 def fault_setup(tmp_path_factory: pytest.TempPathFactory) -> FaultSetup:
-    """Made once per session, in a fixed folder, so both fault modules share one reference run."""
+    """Made once per test run, in a fixed folder, so both fault modules share one reference run.
+
+    Under pytest-xdist the folder is beside the workers' own base folders and a file lock lets the first
+    worker that needs it make it while another waits (the run is a child process; it takes about 40 s).
+    """
+    from filelock import FileLock
+
     from embedeval.demo.corpus import write_demo_corpus
 
-    base = tmp_path_factory.getbasetemp() / "fault-reference"
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    base = shared / "fault-reference"
     corpus_dir = base / "corpus"
     setup = FaultSetup(corpus_dir / "manifest.parquet", corpus_dir / "tag_categories.csv", base / "out")
-    if not Storage(str(setup.reference_root)).exists(SCORES):
-        base.mkdir(exist_ok=True)
-        write_demo_corpus(base, n_items=CORPUS_ITEMS)
-        config = setup.write_config(base, setup.reference_root)
-        with ray_temp_dir() as ray_dir:
-            run_child([str(THIS_FILE), str(config)], ray_dir, base / "reference.log")
+    with FileLock(str(shared / "fault-reference.lock")):
+        if not Storage(str(setup.reference_root)).exists(SCORES):
+            shutil.rmtree(base, ignore_errors=True)   # a half-made reference of an interrupted worker
+            base.mkdir()
+            write_demo_corpus(base, n_items=CORPUS_ITEMS)
+            config = setup.write_config(base, setup.reference_root)
+            with ray_temp_dir() as ray_dir:
+                run_child([str(THIS_FILE), str(config)], ray_dir, base / "reference.log")
     return setup
 
 

@@ -42,7 +42,7 @@ def test_embeds_every_modality_readable_by_polars_and_duckdb(corpus, tmp_path: P
     import polars as pl
 
     config = _config(str(tmp_path / "out"), str(corpus.manifest),
-                     ["builtin:pixelstats", {"spec": "open_clip:ViT-B-32:random", "name": "clip"}],
+                     ["builtin:pixelstats", {"spec": "open_clip:ViT-S-32-alt:random", "name": "clip"}],
                      embed={"batch_size": 8, "rows_per_file": 16, "modalities": ["image", "text"]})
     summary = embed_run(config, echo=lambda _: None)
     storage = Storage(str(tmp_path / "out"))
@@ -50,17 +50,17 @@ def test_embeds_every_modality_readable_by_polars_and_duckdb(corpus, tmp_path: P
     assert list_committed(storage, "r1") == [("builtin-pixelstats", "image"), ("clip", "image"), ("clip", "prompt"),
                                              ("clip", "text")]
     clip_text = read_committed(storage, "r1", "clip", "text")
-    assert len(clip_text) == 24 * 3 and clip_text.dim == 512
+    assert len(clip_text) == 24 * 3 and clip_text.dim == 256
     assert sorted(set(clip_text.subs.tolist())) == [0, 1, 2]
 
     part = storage.path("runs/r1/embeddings/model=clip/modality=image")
     frame = pl.read_parquet(f"{part}/*.parquet")
     assert frame.height == 24 and frame["id"].n_unique() == 24
-    assert frame.schema["vector"] == pl.Array(pl.Float32, 512)
+    assert frame.schema["vector"] == pl.Array(pl.Float32, 256)
     np.testing.assert_allclose(np.linalg.norm(np.stack(frame["vector"].to_numpy()), axis=1), frame["norm"].to_numpy(),
                                rtol=1e-5)
     n, dim = duckdb.sql(f"select count(*), max(len(vector)) from '{part}/*.parquet'").fetchall()[0]
-    assert (n, dim) == (24, 512)
+    assert (n, dim) == (24, 256)
     first_file = storage.list_files("runs/r1/embeddings/model=clip/modality=image", ".parquet")[0]
     meta = pq.read_schema(storage.path(first_file)).metadata
     assert meta[b"embedeval.model.weights_random"] == b"true"

@@ -20,7 +20,7 @@ from embedeval.workflow import score_from_config
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-SPEC = "open_clip:ViT-S-32:random"
+SPEC = "open_clip:ViT-S-32-alt:random"
 AXES = {"size": ["a photo of a small {}", "a photo of a large {}"]}
 
 

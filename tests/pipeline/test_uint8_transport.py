@@ -27,6 +27,7 @@ from embedeval.pipeline.embed_plan import (
     decode_workers,
     plan_embedding,
     resolve_precision,
+    resolve_replicas,
 )
 from embedeval.pipeline.media import BadItem, MediaLimits, device_decodable_jpeg
 from embedeval.pipeline.stages import Embedder, ImagePreparer
@@ -176,6 +177,17 @@ def test_decode_workers_follow_the_cluster() -> None:
     assert decode_workers(EmbedSettings(decode_concurrency=5), {"CPU": 64}, "cpu") == 5
     with pytest.raises(ValueError):
         EmbedSettings(decode_workers_per_gpu=0)
+
+
+def test_replicas_auto_are_tasks_on_one_cpu_node_and_actor_pools_on_clusters_and_gpus() -> None:
+    auto = EmbedSettings()
+    assert auto.replicas == "auto"
+    assert resolve_replicas(auto, {"CPU": 2}, nodes=1) == "tasks"            # in-process Ray, a workstation
+    assert resolve_replicas(auto, {"CPU": 64}, nodes=3) == "actors"          # a cluster
+    assert resolve_replicas(auto, {"CPU": 16, "GPU": 1}, nodes=1) == "actors"   # a GPU takes an actor
+    for chosen in ("actors", "tasks"):                                        # a named choice is kept
+        assert resolve_replicas(EmbedSettings(replicas=chosen), {"CPU": 64, "GPU": 8}, nodes=9) == chosen
+        assert resolve_replicas(EmbedSettings(replicas=chosen), {"CPU": 2}, nodes=1) == chosen
 
 
 def test_reduced_precision_is_gpu_only_and_stamped(caplog: pytest.LogCaptureFixture) -> None:

@@ -49,7 +49,7 @@ from embedeval.io.prompts import PROMPT_MODALITY
 from embedeval.io.storage import Storage, StorageError
 from embedeval.models.base import ModelInfo
 from embedeval.pipeline.cache import EmbeddingCache, cache_kind, text_sha256
-from embedeval.pipeline.embed_plan import EmbedPlan, plan_for_model
+from embedeval.pipeline.embed_plan import EmbedPlan, plan_for_model, replicas_on_this_cluster
 from embedeval.pipeline.media import MediaLimits
 from embedeval.pipeline.model_facts import describe_model, loaded_model, model_embeds, model_modalities
 from embedeval.pipeline.progress import Progress
@@ -498,7 +498,7 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     embed_kwargs = {"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads,
                     "precision": plan.precision, "limits": limits, "counter": counter, "counter_key": counter_key}
-    if settings.replicas == "tasks":
+    if replicas_on_this_cluster(settings) == "tasks":
         return ds.map_batches(prepare_and_embed, batch_size=batch_size, batch_format="pyarrow",
                               fn_kwargs={**embed_kwargs, "torch_threads": settings.torch_threads,
                                          "device_jpeg": plan.gpu_jpeg_decode, "keep": settings.models_at_once},
@@ -577,6 +577,10 @@ def embed_run(config: RunConfig, *, progress: Progress | None = None,
     echo(summary.lines()[0])
 
     ensure_ray(config.ray)
+    # embed.replicas: auto is decided once, here, from the cluster this run got
+    replicas = replicas_on_this_cluster(config.embed)
+    log.debug("embed.replicas: %s (configured: %s)", replicas, config.embed.replicas)
+    config = config.model_copy(update={"embed": config.embed.model_copy(update={"replicas": replicas})})
     if config.embed.replicas == "tasks":
         warm_task_workers([entry.spec for entry in config.models])
     available = manifest.modalities()
