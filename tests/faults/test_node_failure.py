@@ -35,6 +35,11 @@ from test_driver_kill import fault_setup  # noqa: F401 - the session fixture: on
 
 WORKER_CPUS = 2
 JOB_TIMEOUT_S = 600
+# How soon the GCS declares a SIGKILLed node dead: Ray's defaults (a health check every 3 s, 5 missed, after a
+# 5 s grace) left each job waiting 20-30 s for the verdict before it rescheduled the lost work. Checks every
+# 0.5 s with a 2 s answer window and 4 misses still tolerate a raylet stalled for seconds by a busy machine.
+FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
+                   "health_check_timeout_ms": 2000, "health_check_failure_threshold": 4}
 
 
 @pytest.mark.slow
@@ -135,7 +140,7 @@ def run_with_node_losses(config_path: Path, evidence_path: Path, trace_dir: Path
     storage = Storage(config.root)
     image_dir = partition_dir(RUN_ID, MODEL, "image")
     evidence: dict[str, Any] = {}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_NODE_DEATH})
     try:
         node = cluster.add_node(num_cpus=WORKER_CPUS)
         ray.init(address=cluster.address)
