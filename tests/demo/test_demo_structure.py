@@ -29,7 +29,7 @@ def test_colour_and_size_structure_shows(tmp_path: Path) -> None:
     config = parse_config({
         "root": str(tmp_path / "out"), "run_id": "demo", "manifest": str(corpus.manifest),
         "tag_categories": str(corpus.tag_categories),
-        "models": ["builtin:pixelstats", {"spec": "torchvision:resnet18:random", "name": "random"}],
+        "models": ["builtin:pixelstats", {"spec": "torchvision:mobilenet_v3_small:random", "name": "random"}],
         "embed": {"batch_size": 32, "modalities": ["image"]},
         "score": {"corr_anchors": "all", "bootstrap_resamples": 100},
     })
