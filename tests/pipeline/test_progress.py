@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
+
 from embedeval.pipeline.progress import Progress, format_seconds
 
 
@@ -125,3 +127,31 @@ def test_stage_times_make_the_summary_line() -> None:
         clock.now += 5
     assert console.timing_line() == "done in 17.3s (embed 12.3s, score 5.0s)"
     assert [format_seconds(s) for s in (3, 65, 7322, float("inf"))] == ["3s", "1m05s", "2h02m", "?"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_one_row_counter_serves_the_drivers_runs_and_each_run_drops_its_keys() -> None:
+    """A counter actor is a worker process: embed runs of one driver share one, each counting under keys of
+    its own, dropped when the run ends. A counter that no longer answers is replaced."""
+    import ray
+
+    from embedeval.pipeline.counter import poller
+    from embedeval.pipeline.embed import RunCounter
+
+    first, second = RunCounter(), RunCounter()
+    actor = first.get()
+    assert second.get() is actor and first.key("m") != second.key("m")
+    actor.add.remote(first.key("m"), {"image": 3})
+    actor.add.remote(second.key("m"), {"image": 5, "text": 1})
+    assert poller(actor, first.key("m"))() == (3, {"image": 3})
+    first.stop()
+    assert poller(actor, first.key("m"))() == (0, {})
+    assert poller(actor, second.key("m"))() == (6, {"image": 5, "text": 1})
+    second.stop()
+
+    ray.kill(actor, no_restart=True)
+    replaced = RunCounter()
+    assert replaced.get() is not actor
+    replaced.get().add.remote(replaced.key("m"), {"sketch": 2})
+    assert poller(replaced.get(), replaced.key("m"))() == (2, {"sketch": 2})
+    replaced.stop()

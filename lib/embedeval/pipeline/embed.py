@@ -26,6 +26,7 @@ import logging
 import posixpath
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -269,10 +270,12 @@ def embed_model(config: RunConfig, storage: Storage, run_id: str, entry: ModelEn
 
 
 class RunCounter:
-    """The embed run's :class:`~embedeval.pipeline.counter.RowCounter` actor, started on first use."""
+    """The embed run's :class:`~embedeval.pipeline.counter.RowCounter` (the driver's, shared by its runs),
+    looked up on first use; this run counts under keys of its own (:meth:`key`)."""
 
     def __init__(self) -> None:
         self.actor: object | None = None
+        self.prefix = f"{uuid.uuid4().hex[:12]}/"
 
     def get(self) -> object:
         from embedeval.pipeline.counter import start_row_counter
@@ -281,11 +284,15 @@ class RunCounter:
             self.actor = start_row_counter()
         return self.actor
 
+    def key(self, model: str) -> str:
+        """The counter key of ``model``'s pipeline in this run."""
+        return f"{self.prefix}{model}"
+
     def stop(self) -> None:
         from embedeval.pipeline.counter import stop_row_counter
 
         if self.actor is not None:
-            stop_row_counter(self.actor)
+            stop_row_counter(self.actor, self.prefix)
             self.actor = None
 
 
@@ -298,7 +305,7 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
     per_modality = inputs.column("modality").to_pylist()
     parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
     counter = counters.get()
-    ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=model)
+    ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=counters.key(model))
     if config.embed.replicas == "tasks":
         # The same resources and whole blocks: Ray Data fuses the write into the embedding task. As a
         # separate 0.25-CPU operator, its resource reservation left a 2-CPU machine one embedding task at
@@ -308,7 +315,7 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
     else:
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
-    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, model))
+    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, counters.key(model)))
     written: list[dict] = []
     written_by_modality = {m: 0 for m in parts}
     ok = False
