@@ -304,8 +304,8 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
     model = entry.slug()
     per_modality = inputs.column("modality").to_pylist()
     parts = {m: per_modality.count(m) for m in modalities if m in per_modality}
-    counter = counters.get()
-    ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=counters.key(model))
+    counter, counter_key = counters.get(), counters.key(model)
+    ds = build_dataset(config, entry, inputs, target.storage, plan, counter=counter, counter_key=counter_key)
     if config.embed.replicas == "tasks":
         # The same resources and whole blocks: Ray Data fuses the write into the embedding task. As a
         # separate 0.25-CPU operator, its resource reservation left a 2-CPU machine one embedding task at
@@ -315,7 +315,7 @@ def _run_pipeline(config: RunConfig, entry: ModelEntry, inputs: pa.Table, target
     else:
         ds = ds.map_batches(write_partition_files, batch_size=config.embed.rows_per_file, batch_format="pyarrow",
                             fn_kwargs={"target": target}, num_cpus=0.25)
-    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, counters.key(model)))
+    task = progress.task(f"embed {model}", inputs.num_rows, parts=parts, poll=poller(counter, counter_key))
     written: list[dict] = []
     written_by_modality = {m: 0 for m in parts}
     ok = False
@@ -488,7 +488,8 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
 
     ``plan`` (default: :func:`plan_for_model`) sets the device, precision, JPEG decoding and decoders, on
     both paths: ``embed.replicas: actors`` (a prepare actor pool, then an embed actor pool) and ``tasks``
-    (:func:`~embedeval.pipeline.stages.prepare_and_embed`, the same two stages in one pooled task).
+    (:func:`~embedeval.pipeline.stages.prepare_and_embed`, the same two stages in one pooled task);
+    ``config.embed.replicas`` is already resolved from ``auto`` (:func:`embed_run` decides it once per run).
     ``counter``: a :class:`~embedeval.pipeline.counter.RowCounter` actor the embedders report rows to,
     under ``counter_key``.
     """
@@ -505,7 +506,7 @@ def build_dataset(config: RunConfig, entry: ModelEntry, inputs: pa.Table, storag
     threads = settings.torch_threads or (None if device == "cuda" else default_torch_threads(settings.concurrency))
     embed_kwargs = {"spec": entry.spec, "storage": storage, "device": device, "torch_threads": threads,
                     "precision": plan.precision, "limits": limits, "counter": counter, "counter_key": counter_key}
-    if replicas_on_this_cluster(settings) == "tasks":
+    if settings.replicas == "tasks":
         return ds.map_batches(prepare_and_embed, batch_size=batch_size, batch_format="pyarrow",
                               fn_kwargs={**embed_kwargs, "torch_threads": settings.torch_threads,
                                          "device_jpeg": plan.gpu_jpeg_decode, "keep": settings.models_at_once},
