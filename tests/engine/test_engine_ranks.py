@@ -99,14 +99,51 @@ def test_queries_with_hundreds_of_positives_match_brute_force(rng: np.random.Gen
                                                               unit: Callable[..., np.ndarray],
                                                               monkeypatch: pytest.MonkeyPatch, block_size: int,
                                                               slab_elements: int) -> None:
-    # Slabs of one row, a few rows and the whole chunk: every way of cutting the sorted counting.
-    monkeypatch.setattr(ranks, "_SORTED_SLAB_ELEMENTS", slab_elements)
+    # Slabs of one row, a few rows and the whole chunk: every way of cutting the binned counting.
+    monkeypatch.setattr(ranks, "_SLAB_ELEMENTS", slab_elements)
     Q, G, ql, gl = many_positives(rng, unit)
     got = positive_ranks(Q, G, ql, gl, block_size=block_size, runner=LocalRunner())
-    assert got.n_relevant.min() >= ranks._SORTED_COUNT_FROM_POSITIVES
+    assert got.n_relevant.min() >= ranks._BINNED_COUNT_FROM_POSITIVES
     want = brute_ranks(Q, G, ql[:, None] == gl[None, :])
     for i in range(len(Q)):
         assert np.array_equal(got.ranks_of(i), want[i])
+
+
+@pytest.mark.parametrize("bins, compared, tile64", [
+    (2, 8, True),  # two bins a row: nearly every item in a bin with many windows (crowded, decided exactly)
+    (5, 1, True),  # bins of several windows compared one window at a time, the rest exact
+    (64, 8, False),  # float32 tiles: wide windows holding many items besides the positive
+    (100_000, 8, True),  # far more bins than items: mostly one window a bin, the positive alone in it
+])
+def test_binned_counting_in_every_kind_of_bin(rng: np.random.Generator, unit: Callable[..., np.ndarray],
+                                              monkeypatch: pytest.MonkeyPatch, bins: int, compared: int,
+                                              tile64: bool) -> None:
+    # Coarse grids (values exactly on a quarter) give exact score ties, duplicates and overlapping windows;
+    # the query set is the gallery itself with each query's own item excluded.
+    monkeypatch.setattr(ranks, "_MIN_BINS", bins)
+    monkeypatch.setattr(ranks, "_BINS_PER_COLUMN", 0.0)
+    monkeypatch.setattr(ranks, "_WINDOWS_COMPARED", compared)
+    monkeypatch.setattr(ranks, "_COUNT_ROWS", 3)
+    if not tile64:
+        monkeypatch.setattr(ranks, "_FLOAT64_TILES_ABOVE_MEAN_POSITIVES", 10 ** 9)
+    G = np.round(unit(rng, 300, 6) * 4) / 4
+    G[150:170] = G[:20]
+    labels = rng.integers(0, 2, 300)
+    got = positive_ranks(G, G, labels, labels, block_size=64, runner=LocalRunner(), exclude_same_index=True)
+    relevant = labels[:, None] == labels[None, :]
+    np.fill_diagonal(relevant, False)
+    want = brute_ranks(G, G, relevant, exclude_same_index=True)
+    for i in range(len(G)):
+        assert np.array_equal(got.ranks_of(i), want[i])
+
+
+def test_bin_index_is_monotone_and_clipped() -> None:
+    # The exactness of the binned counting rests on this: a larger value never gets a lower bin.
+    values = np.sort(np.random.default_rng(3).standard_normal(10_000)).astype(np.float32)
+    values = np.concatenate([[-np.inf], values, [np.inf]]).astype(np.float32)
+    got = ranks._bin_index(values, np.float32(3.7), np.float32(1.3), 7)
+    assert np.all(np.diff(got) >= 0)
+    assert got[0] == -1 and got[-1] == 7 and got.dtype == np.intp
 
 
 def test_positive_scores_of_one_code_in_several_product_batches(rng: np.random.Generator,

@@ -10,9 +10,10 @@ comparison a GEMM value cannot decide within its rigorous error bound is redone 
 not depend on block size, tile dtype or runner.
 
 How: per query, the scores of its positives ("thresholds") are computed first and sorted; each tile then
-adds, for each gallery item, how many thresholds it beats (a searchsorted against the sorted thresholds)
-to a small histogram; the count above each positive follows from the histogram's suffix sums. Memory per
-task O(B x W + B x d + B x R_max) (W tile width, R_max most positives of one query), never O(N^2).
+adds, for each gallery item, how many thresholds it beats to a small histogram (a search in the sorted
+thresholds for queries with few positives; for many, a per-row table of equal-width score bins,
+``_count_binned_block``); the count above each positive follows from the histogram's suffix sums. Memory
+per task O(B x W + B x d + B x R_max) (W tile width, R_max most positives of one query), never O(N^2).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ _FLOAT64_TILES_ABOVE_MEAN_POSITIVES = 16
 # A query row with at least this many candidates in a tile searches its own thresholds in a Python loop
 # (fast per element); fewer go to one vectorised search over the whole block.
 _PER_ROW_SEARCH_ABOVE = 256
-# A chunk whose queries have up to this many positives counts candidates one by one; beyond, tile rows are
-# sorted and the thresholds searched in them (``_count_sorted``).
-_SORTED_COUNT_FROM_POSITIVES = 64
+# A chunk whose queries have up to this many positives counts candidates one by one; beyond, each row's
+# items are counted through a table of score bins (``_count_binned_block``).
+_BINNED_COUNT_FROM_POSITIVES = 64
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,8 @@ def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Releva
     tile counts, per query, how many of its block's items beat each threshold (integer states, merged
     by addition). Groups keep at most ``_THRESHOLDS_PER_GROUP`` thresholds on the driver. Memory: driver
     O(queries + thresholds of a group); task O(chunk x d + block x d + chunk x RANK_TILE_COLUMNS), and
-    for queries with many positives O(chunk x d + 3 x block x d + 2 x ``_SORTED_SLAB_ELEMENTS``) (the block
-    in float64, a slab of the tile and its sorted copy).
+    for queries with many positives O(chunk x d + 3 x block x d + 3 x ``_SLAB_ELEMENTS``) (the block in
+    float64, a slab of the tile, and its rows' bin tables, about as large).
     ``best_only``: one rank per query that has a match (``RankLists`` with lengths 0/1).
     """
     chunk_rows = check_block_size(chunk_rows)
@@ -372,9 +373,9 @@ def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tup
         ex_cols = exclude[ex_rows] - g_lo
     else:
         ex_rows = ex_cols = np.zeros(0, np.int64)
-    sorted_counts = int(thr.lengths.max()) >= _SORTED_COUNT_FROM_POSITIVES if thr.lengths.size else False
-    if sorted_counts:
-        _count_sorted_block(thr, qd, g, g_lo, eps, above_all, hist, q, ex_rows, ex_cols)
+    binned = int(thr.lengths.max()) >= _BINNED_COUNT_FROM_POSITIVES if thr.lengths.size else False
+    if binned:
+        _count_binned_block(thr, qd, g, g_lo, eps, hist, q, ex_rows, ex_cols)
         return above_all, hist
     for c0 in range(0, w, tile_columns):
         c1 = min(w, c0 + tile_columns)
@@ -391,82 +392,214 @@ def rank_count_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tup
     return above_all, hist
 
 
-# Elements of one row slab of the sorted counting (slab rows x the whole gallery block): 32 MiB of float64.
-_SORTED_SLAB_ELEMENTS = 1 << 22
+# Elements of one row slab of the binned counting (slab rows x the whole gallery block): 32 MiB of float64.
+_SLAB_ELEMENTS = 1 << 22
+# Bins of a query row's table per column of the gallery block: building the table costs O(bins) per row and
+# block, the counting O(columns) per row; fewer bins leave more items in bins that hold a threshold.
+_BINS_PER_COLUMN = 0.5
+_MIN_BINS = 64
+# Largest bin scale and shift: far inside float32's range, so ``v * scale + shift`` is never NaN.
+_MAX_SCALE = 2.0 ** 60
+# Windows of one bin an item is compared with one by one; items of more crowded bins are decided exactly.
+_WINDOWS_COMPARED = 8
+# Rows of the slab counted per pass: their part of the tile and of the table stay in cache between passes.
+_COUNT_ROWS = 8
 
 
-def _count_sorted_block(thr: "_Thresholds", qd: np.ndarray, g: np.ndarray, g_lo: int, eps: np.ndarray,
-                        above_all: np.ndarray, hist: np.ndarray, q: np.ndarray, ex_rows: np.ndarray,
-                        ex_cols: np.ndarray) -> None:
-    """The sorted counting over the whole gallery block at once, a slab of query rows at a time.
+def _count_binned_block(thr: "_Thresholds", qd: np.ndarray, g: np.ndarray, g_lo: int, eps: np.ndarray,
+                        hist: np.ndarray, q: np.ndarray, ex_rows: np.ndarray, ex_cols: np.ndarray,
+                        bins: int | None = None) -> None:
+    """The counting of ``rank_count_tile`` for queries with many positives, over the whole gallery block.
 
-    Each row's fixed cost (two searches of its thresholds, a dozen small array operations) is paid once
-    per gallery block rather than once per ``RANK_TILE_COLUMNS`` columns: with hundreds of thresholds a
-    query, that fixed cost was larger than the row's share of the GEMM. Memory: the block in the tile
-    dtype (w x d) plus two slabs of ``_SORTED_SLAB_ELEMENTS`` (the tile and its sorted copy).
+    Each query row gets a table of ``bins`` equal-width bins over [lowest threshold - eps, highest + eps];
+    an item's bin is ``trunc(clip(v * scale + shift, -1, bins))``, computed with the same floating-point
+    operations for items and for the thresholds' error windows [t - eps, t + eps]. That function is monotone,
+    so an item in a bin that no window touches lies outside every window and beats exactly the thresholds
+    whose windows end in lower bins: the table gives its histogram bin, a handful of vectorised passes per
+    element instead of a sort or a search per row. Items in a bin that windows touch are compared with those
+    windows (``_BinTable.resolve``). Memory: the block in the tile dtype (w x d), a slab of
+    ``_SLAB_ELEMENTS`` and its rows' tables (slab rows x bins).
     """
     b, w = qd.shape[0], g.shape[0]
     gd = np.asarray(g, dtype=qd.dtype)
-    slab = max(1, _SORTED_SLAB_ELEMENTS // max(1, w))
+    bins = max(2, bins or max(_MIN_BINS, int(w * _BINS_PER_COLUMN)))
+    slab = max(1, _SLAB_ELEMENTS // max(1, w))
     for r0 in range(0, b, slab):
-        r1 = min(b, r0 + slab)
-        if not thr.lengths[r0:r1].any():
+        rows = r0 + np.flatnonzero(thr.lengths[r0:min(b, r0 + slab)])
+        if not rows.size:
             continue
-        tile = matmul_t(qd[r0:r1], gd)
-        inside = (ex_rows >= r0) & (ex_rows < r1)
-        tile[ex_rows[inside] - r0, ex_cols[inside]] = -np.inf
-        _count_sorted(thr, tile, r0, eps, above_all, hist, q, g, g_lo)
+        whole = rows.size == rows[-1] - rows[0] + 1
+        tile = matmul_t(qd[rows[0]:rows[-1] + 1] if whole else qd[rows], gd)
+        if ex_rows.size:
+            at = np.searchsorted(rows, ex_rows)
+            hit = (at < rows.size) & (rows[np.minimum(at, rows.size - 1)] == ex_rows)
+            tile[at[hit], ex_cols[hit]] = -np.inf
+        table = _BinTable.build(thr, rows, eps, bins, tile.dtype)
+        for s0 in range(0, rows.size, _COUNT_ROWS):
+            s1 = min(rows.size, s0 + _COUNT_ROWS)
+            part = tile[s0:s1]
+            pos = table.positions(part, s0, s1)
+            found = table.bin_of.take(pos)
+            # histogram bins relative to the first of these rows (a slice of ``hist``; the sentinel after it)
+            lo = thr.bin_offset[rows[s0]]
+            hi = thr.bin_offset[rows[s1 - 1]] + thr.lengths[rows[s1 - 1]] + 1
+            view = hist[lo:hi]
+            view += np.bincount(found.ravel(), minlength=table.sentinel + 1)[:hi - lo]
+            dirty = np.flatnonzero(found == table.sentinel)
+            if dirty.size:
+                local = s0 + dirty // w
+                table.resolve(thr, view, lo, eps, local, dirty % w, pos.ravel()[dirty], part.ravel()[dirty],
+                              q, g, g_lo)
 
 
-def _count_sorted(thr: "_Thresholds", tile: np.ndarray, r0: int, eps: np.ndarray, above_all: np.ndarray,
-                  hist: np.ndarray, q: np.ndarray, g: np.ndarray, g_lo: int) -> None:
-    """The counting of ``rank_count_tile`` for queries with many positives, on ``tile`` = query rows
-    ``r0:`` of the chunk against all of gallery block ``g`` (which starts at row ``g_lo``): sort each
-    tile row once, then place every threshold's error window [t - eps, t + eps] in it with two binary
-    searches.
+@dataclass(frozen=True)
+class _BinTable:
+    """Per query row of a slab, its bins (see ``_count_binned_block``): the histogram bin of every bin that
+    no threshold window touches (``sentinel`` for the others) and which windows touch each bin.
 
-    Items between two consecutive windows beat exactly the thresholds below them (a histogram bin,
-    counted by subtraction); items above the last window beat all of them; items inside a window are
-    decided exactly (``_resolve_exactly``). Cost per row O(w log w + R log w) instead of O(w log R)
-    element-wise work on every candidate.
+    Rows are the slab's rows with thresholds, counted ``_COUNT_ROWS`` at a time; histogram bins are relative
+    to the first row of those (``rel_bins``). Positions are ``row * width + bin + 1`` (bin -1: below all).
+    Windows are the slab's thresholds in order (``index`` maps them to ``thr``'s); a row's windows open and
+    close in that order (their bounds ascend), so the windows touching a bin are consecutive: from
+    ``row start + below`` to ``row start + opened - 1``.
     """
-    w = tile.shape[1]
-    srt = np.sort(tile, axis=1)
-    for r in r0 + np.flatnonzero(thr.lengths[r0:r0 + tile.shape[0]]):
-        t = thr.scores_of(r)
-        row = srt[r - r0]
-        a = np.searchsorted(row, t - eps[r], side="left")
-        z = np.searchsorted(row, t + eps[r], side="right")
-        above_all[r] += w - z[-1]
-        if t.size > 1:
-            hist[thr.bin_offset[r] + 1:thr.bin_offset[r] + t.size] += np.maximum(a[1:] - z[:-1], 0)
-        occupied = z > a
-        if not occupied.any():
-            continue
-        # A window holding one item, apart from its neighbours, while its own positive lies in this block
-        # holds that positive (its GEMM value is within eps of its threshold): it beats the m below it.
-        idx = thr.index[thr.offset[r]:thr.offset[r + 1]]
-        apart = np.ones(t.size, dtype=bool)
-        apart[1:] &= a[1:] >= z[:-1]
-        apart[:-1] &= z[:-1] <= a[1:]
-        own = (z - a == 1) & apart & (idx >= g_lo) & (idx < g_lo + w)
-        hist[thr.bin_offset[r] + np.flatnonzero(own)] += 1
-        rest = np.flatnonzero(occupied & ~own)
+
+    rows: np.ndarray  # (n,) chunk rows
+    rel_bins: np.ndarray  # (n,) first histogram bin of each row, relative to its group of _COUNT_ROWS rows
+    sentinel: int  # above every group's bins
+    scale: np.ndarray  # (n, 1) tile dtype
+    shift: np.ndarray  # (n, 1) tile dtype
+    bins: int
+    width: int  # positions per row: bins -1 .. bins, and one spare
+    bin_of: np.ndarray  # (n * width,) intp: relative histogram bin, or the sentinel
+    below: np.ndarray  # (n * width,) windows of the row that end in a lower bin
+    opened: np.ndarray  # (n * width,) windows of the row that start in this bin or a lower one
+    row_start: np.ndarray  # (n,) first window of each row
+    index: np.ndarray  # (windows,) index of each window's threshold in ``thr``
+    low: np.ndarray  # (windows,) window bounds in the tile dtype
+    high: np.ndarray
+    apart: np.ndarray  # (windows,) bool: the window overlaps no other window of its row
+
+    @staticmethod
+    def build(thr: "_Thresholds", rows: np.ndarray, eps: np.ndarray, bins: int, dtype: np.dtype) -> "_BinTable":
+        n = rows.size
+        width = bins + 3
+        lengths = thr.lengths[rows]
+        first = thr.offset[rows]
+        row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
+        row_of = np.repeat(np.arange(n), lengths)
+        index = np.repeat(first - row_start, lengths) + np.arange(row_of.size)
+        group_first = thr.bin_offset[rows[::_COUNT_ROWS]]
+        rel_bins = thr.bin_offset[rows] - np.repeat(group_first, _COUNT_ROWS)[:n]
+        sentinel = int((rel_bins + lengths + 1).max())
+        e = eps[rows]
+        lowest = thr.scores[first] - e
+        highest = thr.scores[first + lengths - 1] + e
+        span = highest - lowest
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            scale64 = (bins - 1) / span
+            shift64 = -lowest * scale64
+        # A degenerate span (zero, or so small the scale overflows) falls back to unit bins: still monotone
+        # (so still exact), with every item in a window's bin. Scale > 0 and a finite shift keep NaN out.
+        usable = (span > 0) & (scale64 <= _MAX_SCALE) & (np.abs(shift64) <= _MAX_SCALE)
+        scale = np.where(usable, scale64, 1.0).astype(dtype)[:, None]
+        shift = np.where(usable, shift64, 0.0).astype(dtype)[:, None]
+        t = thr.scores[index]
+        low = _round_toward(t - e[row_of], dtype, -np.inf)
+        high = _round_toward(t + e[row_of], dtype, np.inf)
+        base = row_of * width + 1
+        a = base + _bin_index(low, scale[row_of, 0], shift[row_of, 0], bins)
+        z = base + _bin_index(high, scale[row_of, 0], shift[row_of, 0], bins)
+        size = n * width
+        opened = np.bincount(a, minlength=size).reshape(n, width).cumsum(axis=1, dtype=np.int32)
+        below = np.bincount(z + 1, minlength=size).reshape(n, width).cumsum(axis=1, dtype=np.int32)
+        bin_of = below + rel_bins[:, None]
+        bin_of[opened != below] = sentinel
+        apart = np.ones(row_of.size, dtype=bool)
+        overlap = (row_of[1:] == row_of[:-1]) & (low[1:] <= high[:-1])
+        apart[1:] &= ~overlap
+        apart[:-1] &= ~overlap
+        return _BinTable(rows, rel_bins, sentinel, scale, shift, bins, width, bin_of.ravel(), below.ravel(),
+                         opened.ravel(), row_start, index, low, high, apart)
+
+    def positions(self, part: np.ndarray, s0: int, s1: int) -> np.ndarray:
+        """(s1 - s0, w) intp: the table position of every value of slab rows s0:s1."""
+        pos = _bin_index(part, self.scale[s0:s1], self.shift[s0:s1], self.bins)
+        pos += (np.arange(s0, s1, dtype=np.intp) * self.width + 1)[:, None]
+        return pos
+
+    def resolve(self, thr: "_Thresholds", view: np.ndarray, view_lo: int, eps: np.ndarray, local: np.ndarray,
+                cols: np.ndarray, pos: np.ndarray, values: np.ndarray, q: np.ndarray, g: np.ndarray,
+                g_lo: int) -> None:
+        """Add items of bins that windows touch to ``view`` (``hist[view_lo:]`` for one group of rows;
+        ``local``: the items' rows in the slab, ``cols`` their columns in the block).
+
+        An item outside the windows of its bin beats the windows below the bin and those of its bin that
+        it is above; an item inside exactly one window that holds no other item, while that window's
+        positive lies in this block, is that positive. The rest (inside several windows, a crowded window,
+        or a bin of more than ``_WINDOWS_COMPARED`` windows) are decided exactly by ``_count_mid``.
+        """
+        below = self.below[pos]
+        first = self.row_start[local] + below
+        touching = self.opened[pos] - below
+        above = self.rel_bins[local] + below
+        # the common case first: one window in the bin, the item outside it
+        j = first
+        v = values
+        above += v > self.high[j]
+        inside = ((v >= self.low[j]) & (v <= self.high[j])).astype(np.intp)
+        which = np.where(inside > 0, j, -1)
+        for k in range(1, min(int(touching.max()), _WINDOWS_COMPARED)):
+            live = np.flatnonzero(touching > k)
+            j = first[live] + k
+            v = values[live]
+            above[live] += v > self.high[j]
+            hit = (v >= self.low[j]) & (v <= self.high[j])
+            inside[live] += hit
+            which[live[hit]] = j[hit]
+        crowded = touching > _WINDOWS_COMPARED
+        sure = (inside == 0) & ~crowded
+        one = np.flatnonzero(inside == 1)
+        if one.size:
+            m = which[one]
+            per_window = np.bincount(m, minlength=self.index.size)
+            idx = thr.index[self.index[m]]
+            own = one[self.apart[m] & (per_window[m] == 1) & (idx >= g_lo) & (idx < g_lo + g.shape[0])
+                      & ~crowded[one]]
+            # the positive beats exactly the windows before its own (they lie below it: the window is apart)
+            above[own] = self.rel_bins[local[own]] + which[own] - self.row_start[local[own]]
+            sure[own] = True
+        view += np.bincount(above[sure], minlength=view.size)[:view.size]
+        rest = np.flatnonzero(~sure)
         if rest.size:
-            # The items in those windows, found by value in the unsorted row (window m holds exactly the
-            # row's values in [t_m - eps, t_m + eps]); overlapping windows share items, counted once.
-            values = tile[r - r0]
-            inside = np.zeros(w, dtype=bool)
-            for m in rest:
-                inside |= (values >= t[m] - eps[r]) & (values <= t[m] + eps[r])
-            cols = np.flatnonzero(inside).astype(np.int64)
-            bins = _resolve_exactly(thr, np.full(cols.size, r, dtype=np.int64), cols, q, g, g_lo)
-            hist += np.bincount(bins, minlength=hist.size)
+            rows = self.rows[local[rest]]
+            _count_mid(thr, view, eps, rows, cols[rest], values[rest].astype(np.float64), q, g, g_lo,
+                       hist_lo=view_lo)
+
+
+def _bin_index(values: np.ndarray, scale: np.ndarray, shift: np.ndarray, bins: int) -> np.ndarray:
+    """trunc(clip(values * scale + shift, -1, bins)) as intp: a monotone function of ``values`` (each step
+    rounds monotonically), the same operations for items and for window bounds."""
+    y = values * scale
+    y += shift
+    np.clip(y, -1, bins, out=y)
+    return y.astype(np.intp)
+
+
+def _round_toward(x: np.ndarray, dtype: np.dtype, direction: float) -> np.ndarray:
+    """``x`` (float64) in ``dtype``, rounded toward ``direction`` (-inf or +inf) so a window only widens."""
+    y = x.astype(dtype)
+    if np.dtype(dtype) == np.float64:
+        return y
+    off = (y < x) if direction > 0 else (y > x)
+    y[off] = np.nextafter(y[off], np.array(direction, dtype=dtype))
+    return y
 
 
 def _count_mid(thr: "_Thresholds", hist: np.ndarray, eps: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-               values: np.ndarray, q: np.ndarray, g: np.ndarray, g_lo: int) -> None:
-    """Add to ``hist`` how many thresholds each candidate (row, column of block ``g``, GEMM value) beats.
+               values: np.ndarray, q: np.ndarray, g: np.ndarray, g_lo: int, hist_lo: int = 0) -> None:
+    """Add to ``hist`` how many thresholds each candidate (row, column of block ``g``, GEMM value) beats
+    (``hist`` holds histogram bins from ``hist_lo`` on).
 
     Decided from the GEMM value when no threshold lies within ``eps`` of it, else from the canonical
     float64 score and, on an exact score tie, the gallery index (lower index ranks first).
@@ -498,7 +631,7 @@ def _count_mid(thr: "_Thresholds", hist: np.ndarray, eps: np.ndarray, rows: np.n
     unsure = np.flatnonzero(~sure)
     if unsure.size:
         bins.append(_resolve_exactly(thr, rows[unsure], cols[unsure], q, g, g_lo))
-    hist += np.bincount(np.concatenate(bins), minlength=hist.size)
+    hist += np.bincount(np.concatenate(bins) - hist_lo, minlength=hist.size)
 
 
 def _resolve_exactly(thr: "_Thresholds", rows: np.ndarray, cols: np.ndarray, q: np.ndarray, g: np.ndarray,
