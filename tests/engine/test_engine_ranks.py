@@ -211,3 +211,21 @@ def test_bad_inputs_raise(rng: np.random.Generator, unit: Callable[..., np.ndarr
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match=r"G has 1 row\(s\) with NaN"):
         positive_ranks(Q, bad, np.zeros(3), np.zeros(10), runner=LocalRunner())
+
+
+def test_scoring_pass_visits_only_the_gallery_blocks_that_hold_a_chunks_positives() -> None:
+    # Captions in item order: a chunk of 8 items' images needs the one or two blocks of their 16 captions,
+    # not the whole gallery; a label held by every block needs them all.
+    from embedeval.engine.sources import ArrayBlocks
+    from embedeval.engine.tiles import query_chunks
+
+    gallery = ArrayBlocks(np.zeros((80, 2), np.float32), 12)
+    captions = ranks.Relevance(q_codes=np.arange(40), g_codes=np.repeat(np.arange(40), 2))
+    wanted = ranks._blocks_with_positives(captions, gallery)
+    chunks = query_chunks(ArrayBlocks(np.zeros((40, 2), np.float32), 40), 8)
+    assert [wanted(c) for c in chunks] == [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]]
+    labels = ranks.Relevance(q_codes=np.array([0, 1, -1]), g_codes=np.arange(80) % 2)
+    assert ranks._blocks_with_positives(labels, gallery)(chunks[0]) == list(range(7))
+    nothing = ranks.Relevance(q_codes=np.array([5, -1]), g_codes=np.arange(80) % 2)
+    two_queries = query_chunks(ArrayBlocks(np.zeros((2, 2), np.float32)), 8)[0]
+    assert ranks._blocks_with_positives(nothing, gallery)(two_queries) == []

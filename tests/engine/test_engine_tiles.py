@@ -55,6 +55,25 @@ def test_stored_blocks_selection_and_gather(tmp_path: Path, rng: np.random.Gener
         src.select(np.array([3, 3]))
 
 
+def test_centred_stored_blocks_are_computed_once_per_block_and_shift(tmp_path: Path, rng: np.random.Generator,
+                                                                     unit: Callable[..., np.ndarray],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker loads the same centred gallery block for every tile; the second load is the cached block.
+    X = unit(rng, 40, 6)
+    src = stored(tmp_path, X, 16)
+    clear_block_cache()
+    computed: list[int] = []
+    original = Centred._compute
+    monkeypatch.setattr(Centred, "_compute", lambda self, b: computed.append(b) or original(self, b))
+    a, b = Centred(src, X.mean(axis=0)), Centred(src, np.zeros(6))
+    first = a.load(1)
+    assert a.load(1) is first and Centred(src, X.mean(axis=0)).load(1) is first and computed == [1]
+    assert not np.array_equal(b.load(1), first) and computed == [1, 1]  # another shift: another block
+    in_memory = Centred(ArrayBlocks(X, 16), X.mean(axis=0))  # no cache key: computed on each load
+    assert np.array_equal(in_memory.load(1), first) and in_memory.load(1) is not in_memory.load(1)
+    clear_block_cache()
+
+
 def test_stored_block_of_the_wrong_shape_is_a_clear_error(tmp_path: Path, rng: np.random.Generator,
                                                           unit: Callable[..., np.ndarray]) -> None:
     src = stored(tmp_path, unit(rng, 20, 4), 10)

@@ -228,7 +228,7 @@ def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Releva
     tile_dtype = "float64" if not best_only and mean_positives > _FLOAT64_TILES_ABOVE_MEAN_POSITIVES else "float32"
     tile_columns = min(chunk_rows, RANK_TILE_COLUMNS)
     chunks = query_chunks(q_src, chunk_rows)
-    wanted = _blocks_with_positives(relevance, g_src) if relevance.indptr is not None else None
+    wanted = _blocks_with_positives(relevance, g_src)
 
     groups = [[chunks[i] for i in group] for group in
               pack_in_order([int(counts[c.lo:c.hi].sum()) for c in chunks], _THRESHOLDS_PER_GROUP)]
@@ -264,15 +264,32 @@ def rank_positives(queries: BlockSource, gallery: BlockSource, relevance: Releva
 
 
 def _blocks_with_positives(relevance: Relevance, gallery: BlockSource) -> Any:
-    """For explicit positive lists: per chunk, only the gallery blocks that hold one of its positives
-    take part in the scoring pass (the counting pass needs every block)."""
-    assert relevance.indptr is not None and relevance.indices is not None
+    """Per chunk, only the gallery blocks that hold one of its positives take part in the scoring pass (the
+    counting pass needs every block). For codes (a caption's item key, a label): the distinct (code, block)
+    pairs of the gallery, O(Ng) once; a chunk's blocks are those of its codes' pairs."""
+    if relevance.indptr is not None:
+        assert relevance.indices is not None
 
-    def wanted(chunk: QueryChunk) -> list[int]:
-        cols = relevance.indices[relevance.indptr[chunk.lo]:relevance.indptr[chunk.hi]]
-        return sorted(set((np.searchsorted(gallery.offsets, cols, side="right") - 1).tolist()))
+        def wanted(chunk: QueryChunk) -> list[int]:
+            cols = relevance.indices[relevance.indptr[chunk.lo]:relevance.indptr[chunk.hi]]
+            return sorted(set((np.searchsorted(gallery.offsets, cols, side="right") - 1).tolist()))
 
-    return wanted
+        return wanted
+    assert relevance.q_codes is not None and relevance.g_codes is not None
+    block_of = np.searchsorted(gallery.offsets, np.arange(relevance.g_codes.size), side="right") - 1
+    pairs = np.unique(np.stack([relevance.g_codes, block_of], axis=1), axis=0)
+    pair_codes, pair_blocks = pairs[:, 0], pairs[:, 1]
+
+    def wanted_by_code(chunk: QueryChunk) -> list[int]:
+        codes = np.unique(relevance.q_codes[chunk.lo:chunk.hi])
+        lo = np.searchsorted(pair_codes, codes, side="left")
+        hi = np.searchsorted(pair_codes, codes, side="right")
+        if not (hi > lo).any():
+            return []
+        take = np.concatenate([np.arange(a, z) for a, z in zip(lo[hi > lo], hi[hi > lo])])
+        return np.unique(pair_blocks[take]).tolist()
+
+    return wanted_by_code
 
 
 def positive_scores_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tuple[Any, ...],
