@@ -226,6 +226,6 @@ def test_scoring_pass_visits_only_the_gallery_blocks_that_hold_a_chunks_positive
     assert [wanted(c) for c in chunks] == [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]]
     labels = ranks.Relevance(q_codes=np.array([0, 1, -1]), g_codes=np.arange(80) % 2)
     assert ranks._blocks_with_positives(labels, gallery)(chunks[0]) == list(range(7))
-    nothing = ranks.Relevance(q_codes=np.array([5, -1]), g_codes=np.arange(80) % 2)
+    nothing = ranks.Relevance(q_codes=np.array([5, -1]), g_codes=np.where(np.arange(80) % 2, -1, 0))  # -1: none
     two_queries = query_chunks(ArrayBlocks(np.zeros((2, 2), np.float32)), 8)[0]
     assert ranks._blocks_with_positives(nothing, gallery)(two_queries) == []

@@ -276,9 +276,11 @@ def _blocks_with_positives(relevance: Relevance, gallery: BlockSource) -> Any:
 
         return wanted
     assert relevance.q_codes is not None and relevance.g_codes is not None
-    block_of = np.searchsorted(gallery.offsets, np.arange(relevance.g_codes.size), side="right") - 1
-    pairs = np.unique(np.stack([relevance.g_codes, block_of], axis=1), axis=0)
-    pair_codes, pair_blocks = pairs[:, 0], pairs[:, 1]
+    n_blocks = gallery.n_blocks
+    block_of = np.repeat(np.arange(n_blocks, dtype=np.int64), np.diff(gallery.offsets))
+    matchable = relevance.g_codes >= 0  # negative codes match nothing
+    pairs = np.unique(relevance.g_codes[matchable].astype(np.int64) * n_blocks + block_of[matchable])
+    pair_codes, pair_blocks = pairs // n_blocks, pairs % n_blocks
 
     def wanted_by_code(chunk: QueryChunk) -> list[int]:
         codes = np.unique(relevance.q_codes[chunk.lo:chunk.hi])
