@@ -112,6 +112,7 @@ def test_queries_with_hundreds_of_positives_match_brute_force(rng: np.random.Gen
 @pytest.mark.parametrize("bins, compared, tile64", [
     (2, 8, True),  # two bins a row: nearly every item in a bin with many windows (crowded, decided exactly)
     (5, 1, True),  # bins of several windows compared one window at a time, the rest exact
+    (5, 1, False),  # float32 windows spanning bins, next to crowded ones
     (64, 8, False),  # float32 tiles: wide windows holding many items besides the positive
     (100_000, 8, True),  # far more bins than items: mostly one window a bin, the positive alone in it
 ])

@@ -497,7 +497,7 @@ class _BinTable:
     index: np.ndarray  # (windows,) index of each window's threshold in ``thr``
     low: np.ndarray  # (windows,) window bounds in the tile dtype
     high: np.ndarray
-    apart: np.ndarray  # (windows,) bool: the window overlaps no other window of its row
+    apart: np.ndarray  # (windows,) bool: alone in value and in one uncrowded bin (see ``build``)
 
     @staticmethod
     def build(thr: "_Thresholds", rows: np.ndarray, eps: np.ndarray, bins: int, dtype: np.dtype) -> "_BinTable":
@@ -534,7 +534,10 @@ class _BinTable:
         below = np.bincount(z + 1, minlength=size).reshape(n, width).cumsum(axis=1, dtype=np.int32)
         bin_of = below + rel_bins[:, None]
         bin_of[opened != below] = sentinel
-        apart = np.ones(row_of.size, dtype=bool)
+        # "apart": no other window overlaps it, and it lies in one bin that is compared window by window,
+        # so every item inside it is seen by ``resolve`` (an item in a crowded bin goes to the exact path
+        # uncounted, and could be the window's positive)
+        apart = (a == z) & ((opened - below).ravel()[a] <= _WINDOWS_COMPARED)
         overlap = (row_of[1:] == row_of[:-1]) & (low[1:] <= high[:-1])
         apart[1:] &= ~overlap
         apart[:-1] &= ~overlap
