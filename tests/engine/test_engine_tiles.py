@@ -178,3 +178,24 @@ def test_torch_backend_gives_the_numpy_bits(rng: np.random.Generator, unit: Call
         ka, kb = (kmeans(X, 3, seed=1, block_size=20, runner=r) for r in runner_pair)
         assert np.array_equal(ka.labels, kb.labels)
     assert current().name == "numpy"                       # the runner restores the process's backend
+
+
+def test_torch_backend_on_read_only_cached_blocks_is_silent(tmp_path: Path, rng: np.random.Generator,
+                                                           unit: Callable[..., np.ndarray]) -> None:
+    # Cached blocks are read-only; torch warned once per process ("The given NumPy array is not writable")
+    # into a user's console. Run in a fresh interpreter: torch's warning fires only once per process.
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, numpy as np\n"
+        "from embedeval.engine import kernels\n"
+        "a = np.ones((3, 4), np.float32); a.setflags(write=False)\n"
+        "kernels.use_backend(kernels.backend_for('torch'))\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert kernels.matmul_t(a, a).tolist() == [[4.0] * 3] * 3\n"
+        "print(len(caught), [str(w.message)[:60] for w in caught])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("0 "), out.stdout + out.stderr

@@ -14,6 +14,7 @@ A task selects its backend with ``use_backend`` (the runners pass ``score.device
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,12 @@ def matmul_t(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.
         return np.matmul(a, b.T, out=out)
     import torch
 
-    ta = torch.from_numpy(np.ascontiguousarray(a)).to(_current.device)
-    tb = torch.from_numpy(np.ascontiguousarray(b)).to(_current.device)
+    with warnings.catch_warnings():
+        # Blocks from the worker's cache are read-only; torch warns about a tensor over such an array,
+        # though these tensors are only read (the product is a new tensor).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        ta = torch.from_numpy(np.ascontiguousarray(a)).to(_current.device)
+        tb = torch.from_numpy(np.ascontiguousarray(b)).to(_current.device)
     result = (ta @ tb.T).cpu().numpy()
     if out is not None:
         out[...] = result
