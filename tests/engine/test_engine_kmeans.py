@@ -121,3 +121,34 @@ def test_a_fit_on_a_selection_is_the_fit_on_those_rows_and_every_row_is_then_ass
     assert np.array_equal(labels[rows], on_selection.labels)
     with pytest.raises(ValueError, match="centroids must have shape"):
         assign_to_centroids(X, on_selection.centroids[:, :3], runner=LocalRunner())
+
+
+@pytest.mark.parametrize("init", ["k-means++", "given"])
+def test_incremental_sums_give_the_bits_of_summing_every_row(rng: np.random.Generator, init: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the first pass a block task returns only the rows that moved; with re-seeded empty clusters
+    # (few distinct points, far-off initial centroids) too, the result is the same bits as recomputing
+    # every cluster sum on every pass.
+    from embedeval.engine import kmeans as km
+
+    base = rng.standard_normal((25, 4)).astype(np.float32)
+    X = base[rng.integers(0, 25, 600)] + 5 * (rng.random((600, 4)) < 0.02).astype(np.float32)
+    start = rng.standard_normal((20, 4)) * 10 if init == "given" else init
+
+    def fit() -> km.KMeansResult:
+        return km.kmeans(X, 20, iters=40, seed=3, init=start, block_size=64, runner=LocalRunner())
+
+    incremental = fit()
+
+    class EveryRow(km._Assigner):
+        def __call__(self, centroids: np.ndarray, with_sums: bool) -> km._Assignment:
+            self._last = None
+            return super().__call__(centroids, with_sums)
+
+    monkeypatch.setattr(km, "_Assigner", EveryRow)
+    full = fit()
+    assert incremental.centroids.tobytes() == full.centroids.tobytes()
+    assert np.array_equal(incremental.labels, full.labels) and incremental.inertia == full.inertia
+    assert (incremental.n_iter, incremental.n_reseeded) == (full.n_iter, full.n_reseeded)
+    if init == "given":
+        assert full.n_reseeded > 0 and full.n_iter > 2

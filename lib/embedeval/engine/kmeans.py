@@ -157,7 +157,14 @@ def assign_to_centroids(X: "np.ndarray | BlockSource", centroids: np.ndarray, *,
 
 
 class _Assigner:
-    """Runs one assignment pass of block tasks and assembles the result in row order."""
+    """Runs one assignment pass of block tasks and assembles the result in row order.
+
+    Sums passes after the first are incremental: each block task gets its rows' labels of the previous sums
+    pass and returns only the changes (the fixed-point rows that moved, added to their new cluster and taken
+    from their old one), which the driver adds to the previous counts and sums. Integer arithmetic, so the
+    same counts and sums as summing every row again; after the first passes few rows move, and the
+    fixed-point conversion and segment sums of every row were more than half of a pass.
+    """
 
     def __init__(self, runner: TileRunner, source: BlockSource, n: int, block_size: int, scale_exp: int) -> None:
         self.runner = runner
@@ -165,30 +172,40 @@ class _Assigner:
         self.n = n
         self.block_size = block_size
         self.scale_exp = scale_exp
+        self._last: _Assignment | None = None  # the last sums pass: its labels, counts and sums
 
     def __call__(self, centroids: np.ndarray, with_sums: bool) -> _Assignment:
         k, d = centroids.shape
         labels = np.empty(self.n, dtype=np.int64)
         min_sqdist = None if with_sums else np.empty(self.n, dtype=np.float64)
-        counts = np.zeros(k, dtype=np.int64) if with_sums else None
-        sums = np.zeros((k, d), dtype=np.int64) if with_sums else None
+        last = self._last if with_sums and self._last is not None and self._last.counts.size == k else None
+        counts = (np.zeros(k, dtype=np.int64) if last is None else last.counts.copy()) if with_sums else None
+        sums = (np.zeros((k, d), dtype=np.int64) if last is None else last.sums.copy()) if with_sums else None
         params = {"with_sums": with_sums, "scale_exp": self.scale_exp,
                   "tile_columns": min(self.block_size, TILE_COLUMNS)}
         params["C"] = np.ascontiguousarray(centroids, dtype=np.float64)
-        for lo, hi, part in map_blocks_of(assign_block, self.source, params=params, runner=self.runner):
+        previous = None if last is None else [last.labels[lo:hi] for lo, hi in
+                                              zip(self.source.offsets[:-1], self.source.offsets[1:])]
+        for lo, hi, part in map_blocks_of(assign_block, self.source, params=params, per_block=previous,
+                                          runner=self.runner):
             labels[lo:hi] = part.labels
             if min_sqdist is not None:
                 min_sqdist[lo:hi] = part.min_sqdist
             if with_sums:
-                counts += part.counts  # integer addition: exact in any order
+                counts += part.counts  # integer addition (of sums, or of changes): exact in any order
                 sums += part.sums
-        return _Assignment(labels, min_sqdist, counts, sums)
+        result = _Assignment(labels, min_sqdist, counts, sums)
+        if with_sums:
+            self._last = result
+        return result
 
 
-def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sums: bool, scale_exp: int,
-                 tile_columns: int) -> _Assignment:
+def assign_block(block: np.ndarray, lo: int, previous: np.ndarray | None, *, C: np.ndarray, with_sums: bool,
+                 scale_exp: int, tile_columns: int) -> _Assignment:
     """Block kernel: nearest centroid of the block's rows and either their squared distances or
-    (``with_sums``) the clusters' counts and fixed-point coordinate sums.
+    (``with_sums``) the clusters' counts and fixed-point coordinate sums; given ``previous`` (the rows'
+    labels of the last sums pass), only the changes of counts and sums: rows that moved are added to their
+    new cluster and subtracted from their old one.
 
     The rows go through in chunks of ``ASSIGN_CHUNK_ROWS`` so every temporary (the chunk's float64
     differences, its fixed-point copy, its (rows x k) ranking) stays cache-sized: a pass over a block is
@@ -211,15 +228,21 @@ def assign_block(block: np.ndarray, lo: int, _: None, *, C: np.ndarray, with_sum
         labels[r0:r1] = lab
         if min_sqdist is not None:
             min_sqdist[r0:r1] = dist
-        else:
-            assert counts is not None and sums is not None
+            continue
+        assert counts is not None and sums is not None
+        if previous is None:
             _add_fixed_point_sums(x32, lab, scale, counts, sums)
+            continue
+        moved = np.flatnonzero(lab != previous[r0:r1])
+        if moved.size:
+            _add_fixed_point_sums(x32[moved], lab[moved], scale, counts, sums)
+            _add_fixed_point_sums(x32[moved], previous[r0:r1][moved], scale, counts, sums, sign=-1)
     return _Assignment(labels, min_sqdist, counts, sums)
 
 
 def _add_fixed_point_sums(x32: np.ndarray, labels: np.ndarray, scale: np.float32, counts: np.ndarray,
-                          sums: np.ndarray) -> None:
-    """Add the rows' fixed-point coordinates to their clusters' integer sums, in place.
+                          sums: np.ndarray, sign: int = 1) -> None:
+    """Add (``sign`` -1: subtract) the rows' fixed-point coordinates to their clusters' integer sums, in place.
 
     ``x * 2^e`` is exact in float32 (a power-of-two scale that stays in range) and rounding it to an
     integer is exact too, so this is the same integer as the float64 route, at half the memory traffic.
@@ -232,8 +255,12 @@ def _add_fixed_point_sums(x32: np.ndarray, labels: np.ndarray, scale: np.float32
     sorted_labels = labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     present = sorted_labels[starts]
-    sums[present] += np.add.reduceat(fixed, starts, axis=0)
-    counts[present] += np.diff(np.r_[starts, sorted_labels.size])
+    if sign > 0:
+        sums[present] += np.add.reduceat(fixed, starts, axis=0)
+        counts[present] += np.diff(np.r_[starts, sorted_labels.size])
+    else:
+        sums[present] -= np.add.reduceat(fixed, starts, axis=0)
+        counts[present] -= np.diff(np.r_[starts, sorted_labels.size])
 
 
 class _CentroidRanking:
