@@ -71,6 +71,11 @@ def test_centred_stored_blocks_are_computed_once_per_block_and_shift(tmp_path: P
     assert not np.array_equal(b.load(1), first) and computed == [1, 1]  # another shift: another block
     in_memory = Centred(ArrayBlocks(X, 16), X.mean(axis=0))  # no cache key: computed on each load
     assert np.array_equal(in_memory.load(1), first) and in_memory.load(1) is not in_memory.load(1)
+    # a selection of stored rows is cached too, keyed by its rows
+    rows = np.arange(0, 40, 3)
+    picked = src.select(rows)
+    assert picked.load(0) is src.select(rows.copy()).load(0) and np.array_equal(picked.to_array(), X[rows])
+    assert not np.array_equal(src.select(rows[:-1] + 1).load(0), picked.load(0)[:-1])
     clear_block_cache()
 
 
