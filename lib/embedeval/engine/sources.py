@@ -197,6 +197,8 @@ class Selection(BlockSource):
         counts = np.bincount(which, minlength=base.n_blocks) if rows.size else np.zeros(base.n_blocks, np.int64)
         self.base_blocks = np.flatnonzero(counts).astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts[self.base_blocks])]).astype(np.int64)
+        base_key = base.cache_key()
+        self._key = None if base_key is None else ("selection", base_key, hash(rows.tobytes()))
 
     def load(self, b: int) -> np.ndarray:
         # over stored blocks the selected rows are cached like the block itself: tiles load each block many
@@ -210,9 +212,7 @@ class Selection(BlockSource):
         return self.base.load(bb)[self.rows[lo:hi] - self.base.offsets[bb]]
 
     def cache_key(self) -> tuple[Any, ...] | None:
-        if not hasattr(self, "_key"):
-            base = self.base.cache_key()
-            self._key = None if base is None else ("selection", base, hash(self.rows.tobytes()))
+        # made where the selection is made (the driver) and pickled with it, not hashed again by every task
         return self._key
 
 
@@ -223,6 +223,8 @@ class Centred(BlockSource):
         self.base = base
         self.shift = np.asarray(shift, dtype=np.float64)
         self.n, self.dim, self.offsets = base.n, base.dim, base.offsets
+        base_key = base.cache_key()
+        self._key = None if base_key is None else ("centred", base_key, hash(self.shift.tobytes()))
 
     def load(self, b: int) -> np.ndarray:
         # Every tile of a chunk (and every chunk of a gallery block) loads the same block: over a stored
@@ -237,9 +239,6 @@ class Centred(BlockSource):
         return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
     def cache_key(self) -> tuple[Any, ...] | None:
-        if not hasattr(self, "_key"):
-            base = self.base.cache_key()
-            self._key = None if base is None else ("centred", base, hash(self.shift.tobytes()))
         return self._key
 
 
