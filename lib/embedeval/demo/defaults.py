@@ -1,4 +1,4 @@
-"""What `embedeval demo` runs by default: two nights of a small catalogue, sized for 2 CPU cores (41-46 s for
+"""What `embedeval demo` runs by default: two nights of a small catalogue, sized for 2 CPU cores (38-46 s for
 the command from a fresh clone on a quiet machine, 70 s on a slower one, README "Set up"; the goal is under 60 s).
 
 Every score family, the report and the diff are still shown; what is smaller than a real run is said in

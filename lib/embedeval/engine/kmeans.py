@@ -178,9 +178,11 @@ class _Assigner:
         k, d = centroids.shape
         labels = np.empty(self.n, dtype=np.int64)
         min_sqdist = None if with_sums else np.empty(self.n, dtype=np.float64)
-        last = self._last if with_sums and self._last is not None and self._last.counts.size == k else None
-        counts = (np.zeros(k, dtype=np.int64) if last is None else last.counts.copy()) if with_sums else None
-        sums = (np.zeros((k, d), dtype=np.int64) if last is None else last.sums.copy()) if with_sums else None
+        counts = sums = last = None
+        if with_sums:
+            last = self._last if self._last is not None and self._last.counts.size == k else None
+            counts = np.zeros(k, dtype=np.int64) if last is None else last.counts.copy()
+            sums = np.zeros((k, d), dtype=np.int64) if last is None else last.sums.copy()
         params = {"with_sums": with_sums, "scale_exp": self.scale_exp,
                   "tile_columns": min(self.block_size, TILE_COLUMNS)}
         params["C"] = np.ascontiguousarray(centroids, dtype=np.float64)
@@ -255,12 +257,8 @@ def _add_fixed_point_sums(x32: np.ndarray, labels: np.ndarray, scale: np.float32
     sorted_labels = labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     present = sorted_labels[starts]
-    if sign > 0:
-        sums[present] += np.add.reduceat(fixed, starts, axis=0)
-        counts[present] += np.diff(np.r_[starts, sorted_labels.size])
-    else:
-        sums[present] -= np.add.reduceat(fixed, starts, axis=0)
-        counts[present] -= np.diff(np.r_[starts, sorted_labels.size])
+    sums[present] += sign * np.add.reduceat(fixed, starts, axis=0)
+    counts[present] += sign * np.diff(np.r_[starts, sorted_labels.size])
 
 
 class _CentroidRanking:

@@ -286,12 +286,17 @@ def _blocks_with_positives(relevance: Relevance, gallery: BlockSource) -> Any:
         codes = np.unique(relevance.q_codes[chunk.lo:chunk.hi])
         lo = np.searchsorted(pair_codes, codes, side="left")
         hi = np.searchsorted(pair_codes, codes, side="right")
-        if not (hi > lo).any():
-            return []
-        take = np.concatenate([np.arange(a, z) for a, z in zip(lo[hi > lo], hi[hi > lo])])
-        return np.unique(pair_blocks[take]).tolist()
+        return np.unique(pair_blocks[_ranges(lo, hi)]).tolist()
 
     return wanted_by_code
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``lo[0]..hi[0]-1, lo[1]..hi[1]-1, ...`` concatenated (int64), without a Python loop."""
+    lo = np.asarray(lo, dtype=np.int64)
+    lengths = np.asarray(hi, dtype=np.int64) - lo
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.repeat(lo - starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def positive_scores_tile(q: np.ndarray, q_lo: int, g: np.ndarray, g_lo: int, arg: tuple[Any, ...],
@@ -344,8 +349,7 @@ def _positive_scores_by_code(q: np.ndarray, g: np.ndarray, g_lo: int, q_codes: n
         hi = np.searchsorted(g_sorted, q_codes[order], side="right")
         counts = hi - lo
         rows = np.repeat(order, counts)
-        first = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        cols = g_order[first + np.arange(rows.size)].astype(np.int64)
+        cols = g_order[_ranges(lo, hi)].astype(np.int64)
         if exclude is not None:
             keep = cols + g_lo != exclude[rows]
             rows, cols = rows[keep], cols[keep]
@@ -426,8 +430,7 @@ _COUNT_ROWS = 8
 
 
 def _count_binned_block(thr: "_Thresholds", qd: np.ndarray, g: np.ndarray, g_lo: int, eps: np.ndarray,
-                        hist: np.ndarray, q: np.ndarray, ex_rows: np.ndarray, ex_cols: np.ndarray,
-                        bins: int | None = None) -> None:
+                        hist: np.ndarray, q: np.ndarray, ex_rows: np.ndarray, ex_cols: np.ndarray) -> None:
     """The counting of ``rank_count_tile`` for queries with many positives, over the whole gallery block.
 
     Each query row gets a table of ``bins`` equal-width bins over [lowest threshold - eps, highest + eps];
@@ -441,7 +444,7 @@ def _count_binned_block(thr: "_Thresholds", qd: np.ndarray, g: np.ndarray, g_lo:
     """
     b, w = qd.shape[0], g.shape[0]
     gd = np.asarray(g, dtype=qd.dtype)
-    bins = max(2, bins or max(_MIN_BINS, int(w * _BINS_PER_COLUMN)))
+    bins = max(2, _MIN_BINS, int(w * _BINS_PER_COLUMN))
     slab = max(1, _SLAB_ELEMENTS // max(1, w))
     for r0 in range(0, b, slab):
         rows = r0 + np.flatnonzero(thr.lengths[r0:min(b, r0 + slab)])
@@ -507,7 +510,7 @@ class _BinTable:
         first = thr.offset[rows]
         row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
         row_of = np.repeat(np.arange(n), lengths)
-        index = np.repeat(first - row_start, lengths) + np.arange(row_of.size)
+        index = _ranges(first, first + lengths)
         group_first = thr.bin_offset[rows[::_COUNT_ROWS]]
         rel_bins = thr.bin_offset[rows] - np.repeat(group_first, _COUNT_ROWS)[:n]
         sentinel = int((rel_bins + lengths + 1).max())

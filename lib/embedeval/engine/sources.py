@@ -25,7 +25,7 @@ import io
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,6 +110,12 @@ class BlockSource(ABC):
         and object-store blocks cost nothing to load)."""
         return None
 
+    def _through_cache(self, b: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """Block b from the worker's block cache under ``cache_key``, made by ``make`` on a miss (or
+        always, for a source without a key)."""
+        key = self.cache_key()
+        return make() if key is None else _cached((key, b), make)
+
     def to_array(self) -> np.ndarray:
         """The whole matrix: O(n x d). Only for small sources (tests, samples, oracles)."""
         return np.concatenate([blk for _, blk in self.blocks()]) if self.n_blocks else np.zeros((0, self.dim), np.float32)
@@ -170,8 +176,6 @@ class StoredBlocks(BlockSource):
         return (self.storage.root, self.prefix, self.tag, self.n, hash(self.offsets.tobytes()))
 
     def load(self, b: int) -> np.ndarray:
-        key = self.cache_key()
-
         def read() -> np.ndarray:
             arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)
             lo, hi = self.block_range(b)
@@ -180,7 +184,7 @@ class StoredBlocks(BlockSource):
                                  f"{self.dim}) float32, found {arr.shape} {arr.dtype}; delete the blocks folder")
             return arr
 
-        return _cached((key, b), read)
+        return self._through_cache(b, read)
 
 
 class Selection(BlockSource):
@@ -203,8 +207,7 @@ class Selection(BlockSource):
     def load(self, b: int) -> np.ndarray:
         # over stored blocks the selected rows are cached like the block itself: tiles load each block many
         # times, and gathering half a block's rows cost a tenth of a tile's GEMM each time
-        key = self.cache_key()
-        return self._select(b) if key is None else _cached((key, b), lambda: self._select(b))
+        return self._through_cache(b, lambda: self._select(b))
 
     def _select(self, b: int) -> np.ndarray:
         lo, hi = self.block_range(b)
@@ -230,8 +233,7 @@ class Centred(BlockSource):
         # Every tile of a chunk (and every chunk of a gallery block) loads the same block: over a stored
         # base, the centred block is kept in the worker's block cache like the base block itself, so it is
         # computed once per worker rather than once per tile (it cost a third of a tile's GEMM).
-        key = self.cache_key()
-        return self._compute(b) if key is None else _cached((key, b), lambda: self._compute(b))
+        return self._through_cache(b, lambda: self._compute(b))
 
     def _compute(self, b: int) -> np.ndarray:
         centred = self.base.load(b).astype(np.float64) - self.shift
