@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from embedeval.models.registry import load_model
@@ -52,3 +54,24 @@ def test_deterministic_and_shape_checked() -> None:
     a, b = _embed(model, images), _embed(load_model("builtin:pixelstats"), images)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (2, model.info.dim) and a.dtype == np.float32 and np.isfinite(a).all()
+
+
+def test_embedding_with_it_never_imports_torch() -> None:
+    """A worker that embeds only with pixel statistics must not pay torch's import (2 CPU-seconds a process);
+    the device check (``device: cpu``) was where it slipped in. A fresh interpreter: this one has torch."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import numpy as np\n"
+             "from embedeval.pipeline.stages import Embedder\n"
+             "from modelkit import solid_image\n"
+             "replica = Embedder('builtin:pixelstats', None, 'cpu', torch_threads=1)\n"
+             "model = replica.model\n"
+             "vectors = model.embed_images(np.stack([model.preprocess_image(solid_image((200, 10, 10)))]))\n"
+             "assert vectors.shape == (1, model.info.dim), vectors.shape\n"
+             "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -96,7 +96,14 @@ def random_seed_for(parsed: ParsedSpec) -> int:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` picks cuda when present; asking for cuda without one is an error, not a silent CPU run."""
+    """``"auto"`` picks cuda when present; asking for cuda without one is an error, not a silent CPU run.
+
+    ``"cpu"`` is answered without importing torch: a process that embeds with a torch-free family (the
+    built-in pixel statistics, precomputed vectors) then never pays torch's import (2 CPU-seconds)."""
+    if device == "cpu":
+        return device
+    if not (device == "auto" or device.startswith("cuda")):
+        raise ModelError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:<n>' or 'auto'")
     import torch
 
     if device == "auto":
@@ -104,6 +111,4 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for but torch sees no CUDA device; "
                          "use device='auto' or device='cpu'")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ModelError(f"unknown device {device!r}: expected 'cpu', 'cuda', 'cuda:<n>' or 'auto'")
     return device
