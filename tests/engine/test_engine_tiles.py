@@ -79,6 +79,34 @@ def test_centred_stored_blocks_are_computed_once_per_block_and_shift(tmp_path: P
     clear_block_cache()
 
 
+def test_derived_blocks_keep_only_themselves_in_the_block_cache(tmp_path: Path, rng: np.random.Generator,
+                                                                unit: Callable[..., np.ndarray],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # A selection or centred copy of stored blocks is cached; the base block it was made from is not kept
+    # as well (a first-caption gallery would take three times its size and stop fitting the cache), but a
+    # base block already in the cache is used rather than read again.
+    from embedeval.engine import sources
+
+    X = unit(rng, 40, 6)
+    src = stored(tmp_path, X, 16)
+    reads: list[int] = []
+    original = StoredBlocks._read
+    monkeypatch.setattr(StoredBlocks, "_read", lambda self, b: reads.append(b) or original(self, b))
+    rows = np.arange(0, 40, 2)
+    picked, centred = src.select(rows), Centred(src, X.mean(axis=0))
+    assert np.array_equal(picked.to_array(), X[rows]) and reads == [0, 1, 2]
+    assert np.allclose(centred.to_array(), Centred(ArrayBlocks(X, 16), X.mean(axis=0)).to_array())
+    assert reads == [0, 1, 2] * 2
+    cached = {key[0][0] for key in sources._cache}
+    assert cached == {"selection", "centred"}, cached
+    assert picked.load(1) is picked.load(1) and reads == [0, 1, 2] * 2   # the selection's own block, cached
+    base = src.load(2)                                                   # now the base block is cached ...
+    assert reads == [0, 1, 2] * 2 + [2]
+    assert np.allclose(Centred(src, np.zeros(6)).load(2), base, atol=1e-6)         # unit rows, no shift
+    assert reads == [0, 1, 2] * 2 + [2]                                  # ... and used, not read again
+    clear_block_cache()
+
+
 def test_stored_block_of_the_wrong_shape_is_a_clear_error(tmp_path: Path, rng: np.random.Generator,
                                                           unit: Callable[..., np.ndarray]) -> None:
     src = stored(tmp_path, unit(rng, 20, 4), 10)

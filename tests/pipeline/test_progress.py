@@ -138,20 +138,33 @@ def test_one_row_counter_serves_the_drivers_runs_and_each_run_drops_its_keys() -
     from embedeval.pipeline.counter import poller
     from embedeval.pipeline.embed import RunCounter
 
+    def counts(counter, key: str) -> tuple[int, dict[str, int]]:  # noqa: ANN001
+        # the display's 2 s timeout is too short for a counter actor still starting on a busy machine
+        return poller(counter, key, timeout_s=120)()
+
     first, second = RunCounter(), RunCounter()
     actor = first.get()
     assert second.get() is actor and first.key("m") != second.key("m")
     actor.add.remote(first.key("m"), {"image": 3})
     actor.add.remote(second.key("m"), {"image": 5, "text": 1})
-    assert poller(actor, first.key("m"))() == (3, {"image": 3})
+    assert counts(actor, first.key("m")) == (3, {"image": 3})
     first.stop()
-    assert poller(actor, first.key("m"))() == (0, {})
-    assert poller(actor, second.key("m"))() == (6, {"image": 5, "text": 1})
+    assert counts(actor, first.key("m")) == (0, {})
+    assert counts(actor, second.key("m")) == (6, {"image": 5, "text": 1})
     second.stop()
 
     ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 120   # the kill is asynchronous: until it lands, the actor still answers
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.snapshot.remote(""), timeout=120)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the killed counter still answers")
     replaced = RunCounter()
     assert replaced.get() is not actor
     replaced.get().add.remote(replaced.key("m"), {"sketch": 2})
-    assert poller(replaced.get(), replaced.key("m"))() == (2, {"sketch": 2})
+    assert counts(replaced.get(), replaced.key("m")) == (2, {"sketch": 2})
     replaced.stop()

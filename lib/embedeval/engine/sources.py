@@ -37,7 +37,8 @@ _cache: "OrderedDict[tuple[Any, int], np.ndarray]" = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _cached(key: tuple[Any, int], load: Any) -> np.ndarray:
+def _cached(key: tuple[Any, int], load: Any, keep: bool = True) -> np.ndarray:
+    """The cached block under ``key``, or ``load()``, kept in the cache unless ``keep`` is False."""
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -45,6 +46,8 @@ def _cached(key: tuple[Any, int], load: Any) -> np.ndarray:
             return hit
     value = load()
     value.setflags(write=False)
+    if not keep:
+        return value
     with _cache_lock:
         _cache[key] = value
         total = sum(v.nbytes for v in _cache.values())
@@ -105,16 +108,23 @@ class BlockSource(ABC):
             return self
         return Selection(self, rows)
 
+    def load_passing(self, b: int) -> np.ndarray:
+        """Block b for a derived source (a selection, a centred copy) that keeps its own blocks in the
+        worker's block cache: a cached copy of this block is used, but one read now is not kept. Keeping
+        both would double the working set of a derived gallery (treble it for the first of two captions
+        per item), and a gallery that no longer fits the cache is read from storage again on every tile."""
+        return self.load(b)
+
     def cache_key(self) -> tuple[Any, ...] | None:
         """What identifies this source's blocks in a worker's block cache; None: not cached (in-memory
         and object-store blocks cost nothing to load)."""
         return None
 
-    def _through_cache(self, b: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def _through_cache(self, b: int, make: Callable[[], np.ndarray], keep: bool = True) -> np.ndarray:
         """Block b from the worker's block cache under ``cache_key``, made by ``make`` on a miss (or
-        always, for a source without a key)."""
+        always, for a source without a key) and kept there unless ``keep`` is False."""
         key = self.cache_key()
-        return make() if key is None else _cached((key, b), make)
+        return make() if key is None else _cached((key, b), make, keep)
 
     def to_array(self) -> np.ndarray:
         """The whole matrix: O(n x d). Only for small sources (tests, samples, oracles)."""
@@ -176,15 +186,18 @@ class StoredBlocks(BlockSource):
         return (self.storage.root, self.prefix, self.tag, self.n, hash(self.offsets.tobytes()))
 
     def load(self, b: int) -> np.ndarray:
-        def read() -> np.ndarray:
-            arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)
-            lo, hi = self.block_range(b)
-            if arr.shape != (hi - lo, self.dim) or arr.dtype != np.float32:
-                raise ValueError(f"{self.storage.uri(self.block_path(self.prefix, b))}: expected ({hi - lo}, "
-                                 f"{self.dim}) float32, found {arr.shape} {arr.dtype}; delete the blocks folder")
-            return arr
+        return self._through_cache(b, lambda: self._read(b))
 
-        return self._through_cache(b, read)
+    def load_passing(self, b: int) -> np.ndarray:
+        return self._through_cache(b, lambda: self._read(b), keep=False)
+
+    def _read(self, b: int) -> np.ndarray:
+        arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)
+        lo, hi = self.block_range(b)
+        if arr.shape != (hi - lo, self.dim) or arr.dtype != np.float32:
+            raise ValueError(f"{self.storage.uri(self.block_path(self.prefix, b))}: expected ({hi - lo}, "
+                             f"{self.dim}) float32, found {arr.shape} {arr.dtype}; delete the blocks folder")
+        return arr
 
 
 class Selection(BlockSource):
@@ -209,10 +222,13 @@ class Selection(BlockSource):
         # times, and gathering half a block's rows cost a tenth of a tile's GEMM each time
         return self._through_cache(b, lambda: self._select(b))
 
+    def load_passing(self, b: int) -> np.ndarray:
+        return self._through_cache(b, lambda: self._select(b), keep=False)
+
     def _select(self, b: int) -> np.ndarray:
         lo, hi = self.block_range(b)
         bb = int(self.base_blocks[b])
-        return self.base.load(bb)[self.rows[lo:hi] - self.base.offsets[bb]]
+        return self.base.load_passing(bb)[self.rows[lo:hi] - self.base.offsets[bb]]
 
     def cache_key(self) -> tuple[Any, ...] | None:
         # made where the selection is made (the driver) and pickled with it, not hashed again by every task
@@ -235,8 +251,11 @@ class Centred(BlockSource):
         # computed once per worker rather than once per tile (it cost a third of a tile's GEMM).
         return self._through_cache(b, lambda: self._compute(b))
 
+    def load_passing(self, b: int) -> np.ndarray:
+        return self._through_cache(b, lambda: self._compute(b), keep=False)
+
     def _compute(self, b: int) -> np.ndarray:
-        centred = self.base.load(b).astype(np.float64) - self.shift
+        centred = self.base.load_passing(b).astype(np.float64) - self.shift
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
