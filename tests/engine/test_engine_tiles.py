@@ -79,6 +79,24 @@ def test_centred_stored_blocks_are_computed_once_per_block_and_shift(tmp_path: P
     clear_block_cache()
 
 
+def test_a_selection_has_blocks_as_large_as_its_base(rng: np.random.Generator,
+                                                     unit: Callable[..., np.ndarray]) -> None:
+    # A quarter of the rows in blocks a quarter the size would be four times the tiles for the same work:
+    # the selected rows of consecutive base blocks share a block, up to the base's largest block.
+    X = unit(rng, 1003, 4)
+    base = ArrayBlocks(X, 100)
+    for rows in (np.arange(0, 1003, 4), np.arange(1003), np.array([7]), np.array([], dtype=np.int64),
+                 np.sort(rng.choice(1003, 611, replace=False)), np.arange(950, 1003)):
+        picked = base.select(rows)
+        sizes = np.diff(picked.offsets)
+        assert picked.n == rows.size and int(sizes.sum()) == rows.size and (sizes > 0).all()
+        assert (sizes <= 100).all() and (sizes[:-1] + sizes[1:] > 100).all(), sizes   # none could be merged
+        assert np.array_equal(picked.to_array(), X[rows])
+        assert all(np.array_equal(picked.load(b), X[rows[picked.offsets[b]:picked.offsets[b + 1]]])
+                   for b in range(picked.n_blocks))
+    assert base.select(np.arange(0, 1003, 4)).n_blocks == 3
+
+
 def test_derived_blocks_keep_only_themselves_in_the_block_cache(tmp_path: Path, rng: np.random.Generator,
                                                                 unit: Callable[..., np.ndarray],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,9 @@
 """The driver killed with SIGKILL and restarted: `embedeval run` resumes, keeps what was committed, and
 ends with the outputs of an undisturbed run.
 
-Every job here is a child process, so a test can SIGKILL its driver (and the in-process Ray the driver
-started) and so this pytest process never starts Ray itself: the fault tests then neither need nor upset
-the session's ``ray_local``, whatever order tests run in. Each child gets its own Ray temp folder
+Every job a test disturbs is a child process, so the test can SIGKILL its driver (and the in-process Ray
+the driver started) without touching the session's ``ray_local``; only the undisturbed reference run
+(:func:`fault_setup`) runs in this process, on ``ray_local``. Each child gets its own Ray temp folder
 (``RAY_TMPDIR``), so no other process on the machine can attach to its Ray by ``ray.init()``'s address
 auto-discovery, and it runs in its own session, which is killed as a whole afterwards.
 
@@ -77,15 +77,19 @@ class FaultSetup:
 
 
 @pytest.fixture(scope="session")
-def fault_setup(tmp_path_factory: pytest.TempPathFactory) -> FaultSetup:
+def fault_setup(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> FaultSetup:
     """Made once per test run, in a fixed folder, so both fault modules share one reference run.
 
     Under pytest-xdist the folder is beside the workers' own base folders and a file lock lets the first
-    worker that needs it make it while another waits (the run is a child process; it takes about 40 s).
+    worker that needs it make it while another waits. Nothing is killed in the reference run, so it runs
+    in this process on the session's Ray (``embedeval run``'s own workflow, without its console): a child
+    process would start a Ray of its own and import everything again, a third of the reference's cost.
     """
     from filelock import FileLock
 
+    from embedeval.config import load_config
     from embedeval.demo.corpus import write_demo_corpus
+    from embedeval.workflow import run_all
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -99,8 +103,7 @@ def fault_setup(tmp_path_factory: pytest.TempPathFactory) -> FaultSetup:
             base.mkdir()
             write_demo_corpus(base, n_items=CORPUS_ITEMS)
             config = setup.write_config(base, setup.reference_root)
-            with ray_temp_dir() as ray_dir:
-                run_child([str(THIS_FILE), str(config)], ray_dir, base / "reference.log")
+            run_all(load_config(config), echo=lambda _: None)
     return setup
 
 
