@@ -63,8 +63,8 @@ def test_centred_stored_blocks_are_computed_once_per_block_and_shift(tmp_path: P
     src = stored(tmp_path, X, 16)
     clear_block_cache()
     computed: list[int] = []
-    original = Centred._compute
-    monkeypatch.setattr(Centred, "_compute", lambda self, b: computed.append(b) or original(self, b))
+    original = Centred._make
+    monkeypatch.setattr(Centred, "_make", lambda self, b: computed.append(b) or original(self, b))
     a, b = Centred(src, X.mean(axis=0)), Centred(src, np.zeros(6))
     first = a.load(1)
     assert a.load(1) is first and Centred(src, X.mean(axis=0)).load(1) is first and computed == [1]
@@ -108,8 +108,8 @@ def test_derived_blocks_keep_only_themselves_in_the_block_cache(tmp_path: Path, 
     X = unit(rng, 40, 6)
     src = stored(tmp_path, X, 16)
     reads: list[int] = []
-    original = StoredBlocks._read
-    monkeypatch.setattr(StoredBlocks, "_read", lambda self, b: reads.append(b) or original(self, b))
+    original = StoredBlocks._make
+    monkeypatch.setattr(StoredBlocks, "_make", lambda self, b: reads.append(b) or original(self, b))
     rows = np.arange(0, 40, 2)
     picked, centred = src.select(rows), Centred(src, X.mean(axis=0))
     assert np.array_equal(picked.to_array(), X[rows]) and reads == [0, 1, 2]

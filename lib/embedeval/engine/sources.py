@@ -25,7 +25,7 @@ import io
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -120,12 +120,6 @@ class BlockSource(ABC):
         and object-store blocks cost nothing to load)."""
         return None
 
-    def _through_cache(self, b: int, make: Callable[[], np.ndarray], keep: bool = True) -> np.ndarray:
-        """Block b from the worker's block cache under ``cache_key``, made by ``make`` on a miss (or
-        always, for a source without a key) and kept there unless ``keep`` is False."""
-        key = self.cache_key()
-        return make() if key is None else _cached((key, b), make, keep)
-
     def to_array(self) -> np.ndarray:
         """The whole matrix: O(n x d). Only for small sources (tests, samples, oracles)."""
         return np.concatenate([blk for _, blk in self.blocks()]) if self.n_blocks else np.zeros((0, self.dim), np.float32)
@@ -167,7 +161,26 @@ class RefBlocks(BlockSource):
         return ray.get(self.refs[b])
 
 
-class StoredBlocks(BlockSource):
+class _CachedBlocks(BlockSource):
+    """A source whose blocks are made (read, gathered, centred) by :meth:`_make` and kept in the worker's
+    block cache under ``cache_key``; without a key (over in-memory blocks) each load makes the block."""
+
+    @abstractmethod
+    def _make(self, b: int) -> np.ndarray:
+        """Block b, made from scratch."""
+
+    def load(self, b: int) -> np.ndarray:
+        return self._through_cache(b, keep=True)
+
+    def load_passing(self, b: int) -> np.ndarray:
+        return self._through_cache(b, keep=False)
+
+    def _through_cache(self, b: int, keep: bool) -> np.ndarray:
+        key = self.cache_key()
+        return self._make(b) if key is None else _cached((key, b), lambda: self._make(b), keep)
+
+
+class StoredBlocks(_CachedBlocks):
     """Block files ``<prefix>/block-<b>.npy`` under a storage root (see :mod:`embedeval.scoring.prepare`)."""
 
     def __init__(self, storage: Storage, prefix: str, n: int, dim: int, offsets: np.ndarray, tag: str = "") -> None:
@@ -185,13 +198,7 @@ class StoredBlocks(BlockSource):
         # the layout is part of the key: a rewritten folder with other block sizes never hits old blocks
         return (self.storage.root, self.prefix, self.tag, self.n, hash(self.offsets.tobytes()))
 
-    def load(self, b: int) -> np.ndarray:
-        return self._through_cache(b, lambda: self._read(b))
-
-    def load_passing(self, b: int) -> np.ndarray:
-        return self._through_cache(b, lambda: self._read(b), keep=False)
-
-    def _read(self, b: int) -> np.ndarray:
+    def _make(self, b: int) -> np.ndarray:
         arr = np.load(io.BytesIO(self.storage.read_bytes(self.block_path(self.prefix, b))), allow_pickle=False)
         lo, hi = self.block_range(b)
         if arr.shape != (hi - lo, self.dim) or arr.dtype != np.float32:
@@ -200,7 +207,7 @@ class StoredBlocks(BlockSource):
         return arr
 
 
-class Selection(BlockSource):
+class Selection(_CachedBlocks):
     """Rows ``rows`` (sorted, distinct) of ``base``.
 
     Its blocks are as large as the base's largest: the selected rows of consecutive base blocks are grouped
@@ -234,15 +241,9 @@ class Selection(BlockSource):
         base_key = base.cache_key()
         self._key = None if base_key is None else ("selection", base_key, hash(rows.tobytes()))
 
-    def load(self, b: int) -> np.ndarray:
+    def _make(self, b: int) -> np.ndarray:
         # over stored blocks the selected rows are cached like the block itself: tiles load each block many
         # times, and gathering half a block's rows cost a tenth of a tile's GEMM each time
-        return self._through_cache(b, lambda: self._select(b))
-
-    def load_passing(self, b: int) -> np.ndarray:
-        return self._through_cache(b, lambda: self._select(b), keep=False)
-
-    def _select(self, b: int) -> np.ndarray:
         parts = []
         for j in range(int(self._groups[b]), int(self._groups[b + 1])):
             bb = int(self.base_blocks[j])
@@ -255,7 +256,7 @@ class Selection(BlockSource):
         return self._key
 
 
-class Centred(BlockSource):
+class Centred(_CachedBlocks):
     """``base`` with ``shift`` subtracted from every row, rows re-normalised (zero rows stay zero)."""
 
     def __init__(self, base: BlockSource, shift: np.ndarray) -> None:
@@ -265,16 +266,10 @@ class Centred(BlockSource):
         base_key = base.cache_key()
         self._key = None if base_key is None else ("centred", base_key, hash(self.shift.tobytes()))
 
-    def load(self, b: int) -> np.ndarray:
+    def _make(self, b: int) -> np.ndarray:
         # Every tile of a chunk (and every chunk of a gallery block) loads the same block: over a stored
         # base, the centred block is kept in the worker's block cache like the base block itself, so it is
         # computed once per worker rather than once per tile (it cost a third of a tile's GEMM).
-        return self._through_cache(b, lambda: self._compute(b))
-
-    def load_passing(self, b: int) -> np.ndarray:
-        return self._through_cache(b, lambda: self._compute(b), keep=False)
-
-    def _compute(self, b: int) -> np.ndarray:
         centred = self.base.load_passing(b).astype(np.float64) - self.shift
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         return (centred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
