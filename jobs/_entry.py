@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def add_library_to_path() -> None:
@@ -23,8 +24,10 @@ def add_library_to_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(lib), *paths])
 
 
-def run_cli(command: str, argv: list[str]) -> int:
+def run_cli(command: str, argv: list[str]) -> NoReturn:
+    """Run ``embedeval COMMAND ARGV...`` and end the process with its exit status (``embedeval.cli.exit_now``:
+    Ray shut down, streams flushed, no interpreter teardown), as the ``embedeval`` console script does."""
     add_library_to_path()
-    from embedeval.cli import main
+    from embedeval.cli import exit_now, main
 
-    return main([command, *argv])
+    exit_now(main([command, *argv]))

@@ -44,4 +44,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    from embedeval.cli import exit_now   # importable now: main() put the library on the path
+
+    exit_now(status)

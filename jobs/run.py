@@ -10,4 +10,4 @@ import sys
 from jobs._entry import run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli("run", sys.argv[1:]))
+    run_cli("run", sys.argv[1:])

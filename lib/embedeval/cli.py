@@ -13,7 +13,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from embedeval.demo.defaults import DEMO_GROWTH, DEMO_ITEMS
 from embedeval.errors import EXIT_REGRESSION, EmbedevalError, one_line
@@ -345,7 +345,16 @@ def entry() -> None:
     process started or joined it), logging and the standard streams are flushed, and the process ends
     with ``os._exit``. An exception that is a bug still propagates with its traceback.
     """
-    code = main()
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once a command has returned: shut Ray down (when this process started
+    or joined it), flush logging and the standard streams, then ``os._exit`` without Python's teardown.
+
+    Also what the Ray job entry points (``jobs/``) end with: a job's exit status is what `ray job submit`
+    and a CronJob see, and it must be the command's, not that of a library's teardown on a busy node.
+    """
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

@@ -154,8 +154,23 @@ def embed_job(cluster: LocalCluster, config_path: Path) -> str:
     job_id = f"embed-{uuid.uuid4().hex[:8]}"
     done = cluster.ray("job", "submit", "--working-dir", str(REPO), "--submission-id", job_id, "--",
                        "python", "-m", "jobs.embed", "--config", str(config_path))
-    assert done.returncode == 0, f"job failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, (f"job failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}\n"
+                                  f"Ray's error lines this session:\n{_ray_error_lines(cluster)}")
     return job_id
+
+
+def _ray_error_lines(cluster: LocalCluster, limit: int = 40) -> str:
+    """The last error and fatal lines of Ray's own logs for the cluster's session (the drivers' core worker
+    logs among them): why a job's process ended, when its own output does not say."""
+    import re
+
+    severe = re.compile(r"^\[[^\]]+ [EF] \d+ \d+\]|Check failed|Traceback")
+    found = []
+    for log_file in sorted((cluster.session_dir() / "logs").glob("*.log")):
+        for line in log_file.read_text(errors="replace").splitlines():
+            if severe.search(line):
+                found.append(f"{log_file.name}: {line[:300]}")
+    return "\n".join(found[-limit:]) or "(none)"
 
 
 def test_embed_job_commits_embeddings_to_s3(cluster: LocalCluster, embed_job: str) -> None:
