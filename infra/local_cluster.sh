@@ -178,7 +178,9 @@ cmd_status() {
 cmd_stop() {
   if ray_running; then
     kill -TERM -- "-$RAY_PGID" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 -- "-$RAY_PGID" 2>/dev/null || break; sleep 0.5; done
+    # Workers and the dashboard end within a second of SIGTERM; the GCS, the raylet and the autoscaler monitor
+    # can linger for 10 s and more, waiting on each other. Nothing of a stopped node needs them: 3 s, then KILL.
+    for _ in $(seq 1 6); do kill -0 -- "-$RAY_PGID" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$RAY_PGID" 2>/dev/null || true
     echo "ray: stopped"
   fi
