@@ -140,7 +140,8 @@ def run_with_node_losses(config_path: Path, evidence_path: Path, trace_dir: Path
     storage = Storage(config.root)
     image_dir = partition_dir(RUN_ID, MODEL, "image")
     evidence: dict[str, Any] = {}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_NODE_DEATH})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                         "_system_config": FAST_NODE_DEATH})
     try:
         node = cluster.add_node(num_cpus=WORKER_CPUS)
         ray.init(address=cluster.address)

@@ -207,7 +207,8 @@ def _child_cluster(root: Path, trace: Path) -> None:
     from embedeval.scoring.settings import ScoreSettings
 
     store = 80 * 1024 * 1024
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
+                                                         "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1, object_store_memory=store) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
