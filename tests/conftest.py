@@ -67,18 +67,18 @@ def ray_local() -> Iterator[None]:
 # busy to the end; a module that is not listed runs after these, slow ones first. The two fault modules share
 # one reference run (made by whichever needs it first, the other waits), so they start apart.
 LONGEST_MODULES = [
-    "tests/faults/test_driver_kill.py",           # 72 (with the shared reference run)
-    "tests/scoring/test_job_scale.py",            # 75
-    "tests/cluster/test_local_cluster.py",        # 77
-    "tests/faults/test_node_failure.py",          # 71
-    "tests/demo/test_demo_console.py",            # 59
-    "tests/faults/test_bad_inputs_at_scale.py",   # 49
-    "tests/faults/test_s3_faults.py",             # 39 (mostly waiting on the slow proxy: little CPU)
-    "tests/pipeline/test_embed.py",               # 38
-    "tests/pipeline/test_cache.py",               # 26
-    "tests/scoring/test_job.py",                  # 19
-    "tests/report/test_report_build.py",          # 19
-    "tests/cluster/test_runtime_env.py",          # 17
+    "tests/faults/test_driver_kill.py",           # 53 (with the shared reference run)
+    "tests/scoring/test_job_scale.py",            # 62
+    "tests/cluster/test_local_cluster.py",        # 49
+    "tests/faults/test_node_failure.py",          # 44
+    "tests/faults/test_bad_inputs_at_scale.py",   # 45
+    "tests/demo/test_demo_console.py",            # 42
+    "tests/faults/test_s3_faults.py",             # 40 (mostly waiting on the slow proxy: little CPU)
+    "tests/pipeline/test_embed.py",               # 26
+    "tests/pipeline/test_cache.py",               # 16-27
+    "tests/cluster/test_runtime_env.py",          # 15
+    "tests/scoring/test_job.py",                  # 12
+    "tests/report/test_report_build.py",          # 11
 ]
 
 
