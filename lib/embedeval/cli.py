@@ -337,14 +337,8 @@ def report_user_error(exc: EmbedevalError, verbose: bool = False) -> int:
 
 
 def entry() -> None:
-    """The ``embedeval`` console script: :func:`main`, then a quick exit with its status.
-
-    Python's own teardown of the libraries a run has loaded (torch, torchvision, scipy, matplotlib) took
-    about 2.5 s of CPU after the work was done, on 2 cores. Nothing of ours needs it: when ``main``
-    returns every file is written and closed and every lease released. So Ray is shut down (when this
-    process started or joined it), logging and the standard streams are flushed, and the process ends
-    with ``os._exit``. An exception that is a bug still propagates with its traceback.
-    """
+    """The ``embedeval`` console script: :func:`main`, then :func:`exit_now` with its status. An exception
+    that is a bug propagates with its traceback."""
     exit_now(main())
 
 
@@ -352,8 +346,11 @@ def exit_now(code: int) -> NoReturn:
     """End the process with ``code`` once a command has returned: shut Ray down (when this process started
     or joined it), flush logging and the standard streams, then ``os._exit`` without Python's teardown.
 
-    Also what the Ray job entry points (``jobs/``) end with: a job's exit status is what `ray job submit`
-    and a CronJob see, and it must be the command's, not that of a library's teardown on a busy node.
+    That teardown of the libraries a run has loaded (torch, torchvision, scipy, matplotlib) took about
+    2.5 s of CPU after the work was done, on 2 cores, and nothing of ours needs it: when a command returns
+    every file is written and closed and every lease released. The Ray job entry points (``jobs/``) end the
+    same way: a job's exit status is what `ray job submit` and a CronJob see, and it must be the command's,
+    not that of a library's teardown on a busy node.
     """
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
